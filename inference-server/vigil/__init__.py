@@ -1,0 +1,1 @@
+"""Vigil public API, generated from inference-server/proto (run `make proto`)."""

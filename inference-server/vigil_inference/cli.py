@@ -1,0 +1,97 @@
+"""The `vigil` command. Subcommands import their heavy modules lazily, so
+`vigil detect` starts without torch and `vigil operator` without grpc's model
+code. Exit codes: 0 success, 2 usage, 1 anything else (message on stderr)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+
+def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        fn: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module), func)
+        return fn(args)
+
+    return run
+
+
+def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "train",
+        help="fit a model from a folder of normal images into a .vigil artifact",
+        description="Fit a PatchCore-style model from normal images. A share of them is held "
+        "out to set the threshold; with --anomalous, the threshold is F1-optimal and "
+        "precision, recall, F1 and AUROC are reported.",
+    )
+    p.add_argument("--normal", required=True, metavar="DIR", help="folder of normal images")
+    p.add_argument("--anomalous", metavar="DIR", help="folder of anomalous images (optional)")
+    p.add_argument("--out", required=True, metavar="FILE", help="artifact to write (.vigil)")
+    p.add_argument("--input-size", type=int, default=224, help="square model input side")
+    p.add_argument("--coreset-ratio", type=float, default=0.1, help="memory bank share kept")
+    p.add_argument("--max-bank", type=int, default=4096, help="memory bank size cap")
+    p.add_argument("--holdout", type=float, default=0.2, help="share of normal images held out")
+    p.add_argument("--seed", type=int, default=0, help="seed for splits and coreset")
+    p.add_argument("--version", default="", help="model version string (default: from hash)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_lazy("vigil_inference.trainer", "train_command"))
+
+
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="serve a .vigil model over gRPC as one inference unit")
+    p.add_argument("--model", required=True, metavar="FILE", help=".vigil artifact")
+    p.add_argument("--host", default="[::]", help="address to bind")
+    p.add_argument("--port", type=int, default=50051, help="gRPC port (0: any free)")
+    p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus port (0: any)")
+    p.add_argument("--max-batch-size", type=int, default=16)
+    p.add_argument("--max-batch-delay-ms", type=float, default=5.0)
+    p.add_argument("--max-queue", type=int, default=64, help="admitted requests beyond which "
+                   "new ones get RESOURCE_EXHAUSTED")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--runtime", default="auto", help="auto, torch or onnxruntime")
+    p.add_argument("--grace-seconds", type=float, default=20.0,
+                   help="drain time for in-flight requests on SIGTERM")
+    p.set_defaults(func=_lazy("vigil_inference.server", "serve_command"))
+
+
+def _add_detect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("detect", help="send images to a unit and print one JSON object each")
+    p.add_argument("--target", required=True, metavar="HOST:PORT")
+    p.add_argument("--mask-dir", metavar="DIR", help="ask for masks and write them here")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.set_defaults(func=_lazy("vigil_inference.client", "detect_command"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vigil", description=__doc__.split(".")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    _add_serve(sub)
+    _add_detect(sub)
+    try:  # the operator's commands, when that package is importable
+        from vigil_operator.cli import add_commands
+    except ImportError:
+        pass
+    else:
+        add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one line for users; tracebacks are for bugs
+        print(f"vigil {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

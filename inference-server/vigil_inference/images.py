@@ -1,0 +1,99 @@
+"""Request image checks, done on the header before any pixel is decoded.
+
+Lookout for Vision accepted PNG or JPEG up to 8 MB with sides of 64 to 4096
+pixels; we keep the same contract. Checking the header first means a
+decompression bomb is refused before it can allocate its pixels.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Final
+
+from PIL import Image
+
+MAX_IMAGE_BYTES: Final = 8 * 1024 * 1024
+MIN_SIDE: Final = 64
+MAX_SIDE: Final = 4096
+CONTENT_TYPES: Final = {"image/png": "PNG", "image/jpeg": "JPEG"}
+_ALIASES: Final = {"image/jpg": "image/jpeg", "image/x-png": "image/png"}
+
+# The side limits bound the pixel count; PIL's own guard is a second line.
+Image.MAX_IMAGE_PIXELS = MAX_SIDE * MAX_SIDE
+
+
+class InvalidImage(ValueError):
+    """The request's image cannot be scored; the message names the problem."""
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    format: str  # "PNG" or "JPEG"
+    width: int
+    height: int
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Format from magic bytes, so a mislabelled upload is caught early."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    return None
+
+
+def inspect_image(data: bytes, content_type: str = "") -> ImageHeader:
+    """Validate size, type and dimensions from the header alone.
+
+    Raises InvalidImage with a message naming the problem.
+    """
+    if not data:
+        raise InvalidImage("image is empty")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise InvalidImage(
+            f"image is {len(data)} bytes, over the limit of {MAX_IMAGE_BYTES} bytes (8 MB)"
+        )
+    declared: str | None = None
+    if content_type:
+        ct = content_type.split(";", 1)[0].strip().lower()
+        ct = _ALIASES.get(ct, ct)
+        if ct not in CONTENT_TYPES:
+            raise InvalidImage(
+                f"unsupported content type {content_type!r}: use image/png or image/jpeg"
+            )
+        declared = CONTENT_TYPES[ct]
+    actual = sniff_format(data)
+    if actual is None:
+        raise InvalidImage("data is not a PNG or JPEG image")
+    if declared is not None and declared != actual:
+        raise InvalidImage(
+            f"content type {content_type!r} does not match the data, which is {actual}"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=[actual]) as img:
+                width, height = img.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidImage(f"image has too many pixels (decompression bomb): {exc}") from exc
+    except Exception as exc:  # PIL raises many types for a corrupt header
+        raise InvalidImage(f"cannot read the {actual} header: {exc}") from exc
+    if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
+        raise InvalidImage(
+            f"image is {width}x{height} pixels; each side must be {MIN_SIDE} to {MAX_SIDE}"
+        )
+    return ImageHeader(actual, width, height)
+
+
+def decode_rgb(data: bytes, header: ImageHeader) -> Image.Image:
+    """Decode all pixels as RGB; truncated or corrupt data is InvalidImage."""
+    try:
+        with Image.open(io.BytesIO(data), formats=[header.format]) as img:
+            img.load()
+            return img.convert("RGB")
+    except Exception as exc:
+        raise InvalidImage(
+            f"{header.format} data is truncated or corrupt: {exc}"
+        ) from exc
