@@ -12,6 +12,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Final
 
+import numpy as np
 from PIL import Image
 
 MAX_IMAGE_BYTES: Final = 8 * 1024 * 1024
@@ -87,13 +88,36 @@ def inspect_image(data: bytes, content_type: str = "") -> ImageHeader:
     return ImageHeader(actual, width, height)
 
 
-def decode_rgb(data: bytes, header: ImageHeader) -> Image.Image:
-    """Decode all pixels as RGB; truncated or corrupt data is InvalidImage."""
+def decode_rgb(
+    data: bytes, header: ImageHeader, draft: tuple[int, int] | None = None
+) -> Image.Image:
+    """Decode all pixels as RGB; truncated or corrupt data is InvalidImage.
+
+    `draft` (width, height): a JPEG may be decoded at a reduced DCT scale no
+    smaller than this, which is several times cheaper for large photos.
+    """
     try:
         with Image.open(io.BytesIO(data), formats=[header.format]) as img:
+            if draft is not None and header.format == "JPEG":
+                img.draft("RGB", draft)
             img.load()
             return img.convert("RGB")
     except Exception as exc:
         raise InvalidImage(
             f"{header.format} data is truncated or corrupt: {exc}"
         ) from exc
+
+
+def to_model_input(
+    data: bytes, header: ImageHeader, size: tuple[int, int]
+) -> np.ndarray:
+    """Decode, resize to `size` (height, width) and lay out as [3, H, W] uint8.
+
+    The one preprocessing path, shared by training and serving, so a model
+    sees at serving time exactly what it was fitted on.
+    """
+    h, w = size
+    img = decode_rgb(data, header, draft=(w, h))
+    if img.size != (w, h):
+        img = img.resize((w, h), Image.Resampling.BILINEAR)
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))

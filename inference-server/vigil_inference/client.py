@@ -1,0 +1,88 @@
+"""`vigil detect`: send images to a unit, print one JSON object per image.
+
+Needs only grpcio and protobuf (no torch, no PIL), so it runs anywhere a
+script does. Every image is tried; any failure makes the exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Final
+
+import grpc
+from google.protobuf import json_format
+from vigil.v1 import anomaly_pb2, anomaly_pb2_grpc
+
+# Room for a large image out and a 4096x4096 mask back.
+_CHANNEL_OPTIONS: Final = [
+    ("grpc.max_send_message_length", 16 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
+
+def content_type_of(data: bytes) -> str:
+    """From magic bytes; empty when unknown, so the unit names the problem."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    return ""
+
+
+def result_json(result: anomaly_pb2.DetectAnomalyResult, image: str) -> dict[str, Any]:
+    """The result's fields in snake_case, defaults included, plus `image`."""
+    fields: dict[str, Any] = json_format.MessageToDict(
+        result,
+        preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=True,
+    )
+    return {"image": image, **fields}
+
+
+def _detect_one(
+    stub: anomaly_pb2_grpc.AnomalyDetectionStub,
+    path: str,
+    mask_dir: Path | None,
+    timeout: float,
+) -> dict[str, Any]:
+    data = Path(path).read_bytes()
+    request = anomaly_pb2.DetectAnomaliesRequest(
+        image=data, content_type=content_type_of(data), return_mask=mask_dir is not None
+    )
+    response = stub.DetectAnomalies(request, timeout=timeout)
+    result = response.result
+    mask = result.anomaly_mask
+    result.ClearField("anomaly_mask")
+    out = result_json(result, path)
+    if mask_dir is not None:
+        mask_path = mask_dir / f"{Path(path).stem}.mask.png"
+        mask_path.write_bytes(mask)
+        out["anomaly_mask"] = str(mask_path)
+    return out
+
+
+def detect_command(args: argparse.Namespace) -> int:
+    mask_dir = Path(args.mask_dir) if args.mask_dir else None
+    if mask_dir is not None:
+        mask_dir.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    with grpc.insecure_channel(args.target, options=_CHANNEL_OPTIONS) as channel:
+        stub = anomaly_pb2_grpc.AnomalyDetectionStub(channel)  # type: ignore[no-untyped-call]
+        for path in args.images:
+            try:
+                out = _detect_one(stub, path, mask_dir, args.timeout)
+            except grpc.RpcError as exc:
+                failed += 1
+                code = exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"
+                details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+                print(f"vigil detect: {path}: {code}: {details}", file=sys.stderr)
+                continue
+            except OSError as exc:
+                failed += 1
+                print(f"vigil detect: {path}: {exc}", file=sys.stderr)
+                continue
+            print(json.dumps(out), flush=True)
+    return 1 if failed else 0

@@ -1,0 +1,329 @@
+"""The inference unit: a gRPC front over a transport-free data plane.
+
+`DetectionService` validates, decodes, batches and scores images and knows
+nothing of gRPC; `AnomalyDetectionServicer` only translates messages and
+errors to status codes. Admission happens before decoding, so a flood of
+large images is refused (RESOURCE_EXHAUSTED) instead of filling memory.
+Readiness follows the model: health reports SERVING once the server runs
+with a loaded, warmed model and NOT_SERVING from the start of shutdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Final
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from vigil.v1 import anomaly_pb2, anomaly_pb2_grpc
+
+from vigil_inference.batcher import Closed, DynamicBatcher, Overloaded
+from vigil_inference.images import MAX_IMAGE_BYTES, InvalidImage, inspect_image
+from vigil_inference.metrics import InferenceMetrics, MetricsServer
+from vigil_inference.model import ANOMALY_COLOR, ANOMALY_NAME, AnomalyModel, Detection
+
+log = logging.getLogger("vigil.serve")
+
+SERVICE_NAME: Final = anomaly_pb2.DESCRIPTOR.services_by_name["AnomalyDetection"].full_name
+# Above the 8 MB image limit, so an oversized image gets our INVALID_ARGUMENT
+# message rather than a transport error; beyond this gRPC refuses it itself.
+MAX_MESSAGE_BYTES: Final = 2 * MAX_IMAGE_BYTES
+_SERVING: Final = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING: Final = health_pb2.HealthCheckResponse.NOT_SERVING
+
+Scored = tuple[float, np.ndarray]
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Batching and admission limits of one unit."""
+
+    max_batch_size: int = 16
+    max_batch_delay_s: float = 0.005
+    max_queue: int = 64
+    prepare_workers: int = max(2, min(4, os.cpu_count() or 1))
+
+
+class DetectionService:
+    """The data plane: image bytes in, Detection out, errors as exceptions.
+
+    Raises InvalidImage (bad input), Overloaded (no admission slot) or Closed
+    (shutting down). Decoding and mask encoding run on a thread pool and the
+    model on the batcher's single thread, so the event loop stays free.
+    """
+
+    def __init__(
+        self, model: AnomalyModel, config: ServingConfig, metrics: InferenceMetrics
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.metrics = metrics
+        self._pool = ThreadPoolExecutor(config.prepare_workers, thread_name_prefix="vigil-prepare")
+        self.batcher: DynamicBatcher[Any, Scored] = DynamicBatcher(
+            self._predict,
+            max_batch_size=config.max_batch_size,
+            max_delay_s=config.max_batch_delay_s,
+            max_queue=config.max_queue,
+            on_batch=metrics.observe_batch,
+        )
+
+    def _predict(self, inputs: list[Any]) -> list[Scored]:
+        scores, maps = self.model.predict(inputs)
+        return [(float(scores[i]), maps[i]) for i in range(len(inputs))]
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    async def close(self) -> None:
+        """Finish every admitted request, then release the threads."""
+        try:
+            await self.batcher.close()
+        finally:
+            self._pool.shutdown(wait=False)
+
+    async def detect(self, image: bytes, content_type: str, return_mask: bool) -> Detection:
+        try:
+            header = inspect_image(image, content_type)  # header only: cheap
+            with self.batcher.admit() as slot:
+                loop = asyncio.get_running_loop()
+                prepared = await loop.run_in_executor(self._pool, self.model.prepare, image, header)
+                score, amap = await slot.submit(prepared)
+                size = (header.width, header.height)
+                if return_mask:  # resizing and PNG-encoding the mask costs real CPU
+                    det = await loop.run_in_executor(
+                        self._pool,
+                        functools.partial(self.model.detection, score, amap, size, True),
+                    )
+                else:
+                    det = self.model.detection(score, amap, size, False)
+        except InvalidImage:
+            self.metrics.images.labels(result="invalid").inc()
+            raise
+        self.metrics.images.labels(result="anomalous" if det.is_anomalous else "normal").inc()
+        return det
+
+
+def _result_message(det: Detection) -> anomaly_pb2.DetectAnomalyResult:
+    anomalies = []
+    if det.area_fraction > 0:
+        anomalies.append(
+            anomaly_pb2.Anomaly(
+                name=ANOMALY_NAME,
+                pixel_anomaly=anomaly_pb2.PixelAnomaly(
+                    total_percentage_area=det.area_fraction, color=ANOMALY_COLOR
+                ),
+            )
+        )
+    return anomaly_pb2.DetectAnomalyResult(
+        is_anomalous=det.is_anomalous,
+        confidence=det.confidence,
+        anomaly_score=det.anomaly_score,
+        threshold=det.threshold,
+        anomalies=anomalies,
+        anomaly_mask=det.mask_png or b"",
+        model_version=det.model_version,
+    )
+
+
+def _description(model: AnomalyModel, config: ServingConfig) -> anomaly_pb2.ModelDescription:
+    info = model.info
+    return anomaly_pb2.ModelDescription(
+        model_version=info.model_version,
+        backbone=info.backbone,
+        feature_layers=list(info.feature_layers),
+        input_width=info.input_size[1],
+        input_height=info.input_size[0],
+        threshold=info.threshold,
+        memory_bank_size=info.memory_bank_size,
+        artifact_sha256=info.artifact_sha256,
+        created_at=info.created_at,
+        performance=anomaly_pb2.ModelPerformance(
+            f1_score=info.f1, recall=info.recall, precision=info.precision, auroc=info.auroc
+        ),
+        evaluation=anomaly_pb2.EvaluationSummary(
+            training_images=info.training_images,
+            normal_test_images=info.normal_test_images,
+            anomalous_test_images=info.anomalous_test_images,
+            threshold_independent=info.threshold_independent,
+        ),
+        device=model.device,
+        runtime=model.runtime,
+        max_batch_size=config.max_batch_size,
+    )
+
+
+class AnomalyDetectionServicer(anomaly_pb2_grpc.AnomalyDetectionServicer):
+    """Translates between messages and the data plane; counts every request."""
+
+    def __init__(self, service: DetectionService) -> None:
+        self._service = service
+        self._metrics = service.metrics
+        self._description = _description(service.model, service.config)
+
+    async def DetectAnomalies(
+        self,
+        request: anomaly_pb2.DetectAnomaliesRequest,
+        context: Context,
+    ) -> anomaly_pb2.DetectAnomaliesResponse:
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        message = ""
+        self._metrics.inflight.inc()
+        try:
+            det = await self._service.detect(
+                request.image, request.content_type, request.return_mask
+            )
+            return anomaly_pb2.DetectAnomaliesResponse(result=_result_message(det))
+        except InvalidImage as exc:
+            code, message = grpc.StatusCode.INVALID_ARGUMENT, f"invalid image: {exc}"
+        except Overloaded as exc:
+            code, message = grpc.StatusCode.RESOURCE_EXHAUSTED, f"unit overloaded: {exc}"
+        except Closed as exc:
+            code, message = grpc.StatusCode.UNAVAILABLE, str(exc)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:
+            log.exception("DetectAnomalies failed")
+            code, message = grpc.StatusCode.INTERNAL, f"internal error: {exc}"
+        finally:
+            self._metrics.inflight.dec()
+            self._metrics.requests.labels(code=code.name).inc()
+            self._metrics.request_duration.observe(time.perf_counter() - start)
+        await context.abort(code, message)
+        raise AssertionError("abort returned")  # pragma: no cover
+
+    async def DescribeModel(
+        self, request: anomaly_pb2.DescribeModelRequest, context: Context
+    ) -> anomaly_pb2.DescribeModelResponse:
+        return anomaly_pb2.DescribeModelResponse(description=self._description)
+
+
+class InferenceServer:
+    """A gRPC server with the detection, health and reflection services."""
+
+    def __init__(
+        self, server: grpc.aio.Server, service: DetectionService, health: HealthServicer
+    ) -> None:
+        self.grpc_server = server
+        self.service = service
+        self.health = health
+        self.metrics = service.metrics
+
+    async def start(self) -> None:
+        """Start serving; health turns SERVING (the model must be loaded and warm)."""
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, _NOT_SERVING)
+        self.service.start()
+        await self.grpc_server.start()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, _SERVING)
+
+    async def stop(self, grace: float | None) -> None:
+        """NOT_SERVING, refuse new calls, let in-flight ones finish within `grace`."""
+        await self.health.enter_graceful_shutdown()
+        await self.grpc_server.stop(grace)
+        await self.service.close()
+
+
+def create_server(
+    model: AnomalyModel,
+    address: str = "[::]:0",
+    *,
+    config: ServingConfig | None = None,
+    metrics: InferenceMetrics | None = None,
+) -> tuple[InferenceServer, int]:
+    """Build (not start) a unit on `address`; returns it and the bound port."""
+    config = config or ServingConfig()
+    service = DetectionService(model, config, metrics or InferenceMetrics())
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),  # a taken port is an error, not a silent share
+        ]
+    )
+    anomaly_pb2_grpc.add_AnomalyDetectionServicer_to_server(  # type: ignore[no-untyped-call]
+        AnomalyDetectionServicer(service), server
+    )
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    port = server.add_insecure_port(address)
+    return InferenceServer(server, service, health), port
+
+
+def _metrics_server(metrics: InferenceMetrics, host: str, port: int) -> MetricsServer:
+    """Bind metrics like gRPC binds: `[::]` falls back to IPv4 where IPv6 is off."""
+    bare = host.strip("[]")
+    if bare in ("::", ""):
+        with contextlib.suppress(OSError):
+            return MetricsServer(metrics.registry, port, host="::")
+        bare = "0.0.0.0"
+    return MetricsServer(metrics.registry, port, host=bare)
+
+
+async def _serve(model: AnomalyModel, args: argparse.Namespace, config: ServingConfig) -> int:
+    metrics = InferenceMetrics()
+    metrics_server = _metrics_server(metrics, args.host, args.metrics_port)
+    try:
+        unit, port = create_server(
+            model, f"{args.host}:{args.port}", config=config, metrics=metrics
+        )
+        await unit.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info(
+            "serving model_version=%s grpc_port=%d metrics_port=%d device=%s runtime=%s "
+            "max_batch_size=%d max_queue=%d",
+            model.info.model_version,
+            port,
+            metrics_server.port,
+            model.device,
+            model.runtime,
+            config.max_batch_size,
+            config.max_queue,
+        )
+        await stop.wait()
+        log.info("shutting down: draining in-flight requests for up to %gs", args.grace_seconds)
+        await unit.stop(args.grace_seconds)
+        log.info("stopped")
+    finally:
+        metrics_server.close()
+    return 0
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """`vigil serve`: load and warm the model, serve until SIGTERM, drain, exit 0."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = ServingConfig(
+        max_batch_size=args.max_batch_size,
+        max_batch_delay_s=args.max_batch_delay_ms / 1000.0,
+        max_queue=args.max_queue,
+    )
+    model = AnomalyModel.load(args.model, device=args.device, runtime=args.runtime)
+    model.warmup(config.max_batch_size)
+    return asyncio.run(_serve(model, args, config))

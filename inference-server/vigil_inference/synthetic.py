@@ -1,0 +1,122 @@
+"""Generated inspection images: a woven texture, and the same texture with
+defects (pasted foreign patches, scratches, blotches).
+
+Tests, the demo and benchmarks make their data here, so nothing is
+downloaded. Every image is a function of its seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+DEFECTS = ("patch", "scratch", "blotch")
+
+
+@dataclass(frozen=True)
+class Sample:
+    image: np.ndarray  # [H, W, 3] uint8
+    mask: np.ndarray  # [H, W] bool, True on defect pixels
+    defect: str  # "" for a normal image
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Low-frequency noise in [0, 1]: bilinear upsampling of a coarse grid."""
+    grid = rng.random((cells + 1, cells + 1)).astype(np.float32)
+    img = Image.fromarray(grid, mode="F").resize((size, size), Image.Resampling.BICUBIC)
+    out = np.asarray(img, dtype=np.float32)
+    return (out - out.min()) / max(float(out.max() - out.min()), 1e-6)
+
+
+def _weave(rng: np.random.Generator, size: int, period: float, tint: np.ndarray) -> np.ndarray:
+    """A woven fabric: two crossed gratings, thread noise and uneven lighting."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    phase_x, phase_y = rng.uniform(0, 2 * np.pi, 2)
+    warp = (rng.standard_normal((size, size)).astype(np.float32)) * 0.15
+    weft = 0.5 + 0.5 * np.sin(2 * np.pi * x / period + phase_x + warp)
+    warp_ = 0.5 + 0.5 * np.sin(2 * np.pi * y / period + phase_y + warp)
+    checker = np.where((np.floor(x / period) + np.floor(y / period)) % 2 == 0, weft, warp_)
+    light = 0.85 + 0.15 * _smooth_noise(rng, size, 3)
+    grain = rng.normal(0.0, 0.04, (size, size)).astype(np.float32)
+    base = np.clip((0.35 + 0.5 * checker) * light + grain, 0.0, 1.0)
+    rgb = base[..., None] * tint[None, None, :]
+    return np.clip(rgb * 255.0, 0, 255).astype(np.uint8)
+
+
+_TINT = np.array([0.82, 0.74, 0.58], dtype=np.float32)  # beige cloth
+_PERIOD = 8.0
+
+
+def normal(seed: int, size: int = 256) -> Sample:
+    rng = np.random.default_rng(seed)
+    tint = _TINT * rng.uniform(0.95, 1.05)
+    img = _weave(rng, size, _PERIOD * rng.uniform(0.97, 1.03), tint)
+    return Sample(img, np.zeros((size, size), dtype=bool), "")
+
+
+def _ellipse(size: int, cy: float, cx: float, ry: float, rx: float, angle: float) -> np.ndarray:
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    c, s = np.cos(angle), np.sin(angle)
+    u = ((x - cx) * c + (y - cy) * s) / rx
+    v = (-(x - cx) * s + (y - cy) * c) / ry
+    return np.asarray(u * u + v * v, dtype=np.float32)
+
+
+def defective(seed: int, size: int = 256, defect: str | None = None) -> Sample:
+    """A normal image with one defect; `defect` picks the kind, else by seed."""
+    base = normal(seed, size)
+    rng = np.random.default_rng(seed + 7_919)
+    kind = defect or DEFECTS[seed % len(DEFECTS)]
+    img = base.image.astype(np.float32)
+    margin = size // 6
+    cy, cx = rng.uniform(margin, size - margin, 2)
+    if kind == "patch":  # a piece of foreign material
+        side = int(size * rng.uniform(0.12, 0.2))
+        y0, x0 = int(cy - side / 2), int(cx - side / 2)
+        foreign = _weave(rng, side, _PERIOD * 0.5, np.array([0.35, 0.45, 0.7], np.float32))
+        img[y0 : y0 + side, x0 : x0 + side] = foreign
+        mask = np.zeros((size, size), dtype=bool)
+        mask[y0 : y0 + side, x0 : x0 + side] = True
+    elif kind == "scratch":  # a thin bright tear along a gentle curve
+        length = size * rng.uniform(0.3, 0.5)
+        angle = rng.uniform(0, np.pi)
+        t = np.linspace(-0.5, 0.5, 400)
+        bend = rng.uniform(-0.15, 0.15) * length
+        px = cx + t * length * np.cos(angle) - bend * (t**2) * np.sin(angle)
+        py = cy + t * length * np.sin(angle) + bend * (t**2) * np.cos(angle)
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+        dist = np.full((size, size), np.inf, dtype=np.float32)
+        for qx, qy in zip(px[::4], py[::4], strict=True):
+            dist = np.minimum(dist, (xx - qx) ** 2 + (yy - qy) ** 2)
+        width = rng.uniform(1.5, 2.5)
+        mask = dist <= width**2
+        img[mask] = np.array([250.0, 250.0, 245.0])
+    elif kind == "blotch":  # a dark stain with a soft edge
+        r = _ellipse(size, cy, cx, size * rng.uniform(0.05, 0.1), size * rng.uniform(0.07, 0.13),
+                     rng.uniform(0, np.pi))
+        alpha = np.clip(1.3 - r, 0.0, 1.0)[..., None]
+        stain = np.array([70.0, 45.0, 30.0], dtype=np.float32)
+        img = img * (1 - 0.8 * alpha) + stain * 0.8 * alpha
+        mask = r <= 1.0
+    else:
+        raise ValueError(f"unknown defect {kind!r}; choose from {', '.join(DEFECTS)}")
+    return Sample(np.clip(img, 0, 255).astype(np.uint8), mask, kind)
+
+
+def write_dataset(
+    root: Path, n_normal: int, n_anomalous: int, seed: int = 0, size: int = 256,
+    fmt: str = "png",
+) -> tuple[Path, Path]:
+    """Write `root/normal/*.png` and `root/anomalous/*.png`; returns both folders."""
+    normal_dir, anomalous_dir = root / "normal", root / "anomalous"
+    normal_dir.mkdir(parents=True, exist_ok=True)
+    anomalous_dir.mkdir(parents=True, exist_ok=True)
+    for i in range(n_normal):
+        Image.fromarray(normal(seed + i, size).image).save(normal_dir / f"normal-{i:04d}.{fmt}")
+    for i in range(n_anomalous):
+        s = defective(seed + 100_000 + i, size)
+        Image.fromarray(s.image).save(anomalous_dir / f"{s.defect}-{i:04d}.{fmt}")
+    return normal_dir, anomalous_dir

@@ -1,0 +1,239 @@
+"""`vigil train`: fit a PatchCore model from a folder of normal images.
+
+A seeded share of the normal images is held out. With anomalous examples,
+the held-out images are split in two halves: the threshold is F1-optimal on
+one, and precision, recall and F1 are measured on the other, so the figures
+are not graded on the images that chose the threshold (Lookout reported its
+evaluation on a test set in the same way). AUROC needs no threshold and uses
+every held-out image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vigil_inference import evaluation
+from vigil_inference.artifact import save_artifact
+from vigil_inference.backbones import get_spec, layer_indices
+from vigil_inference.images import InvalidImage, inspect_image, to_model_input
+from vigil_inference.model import resolve_device
+from vigil_inference.patchcore import PatchCoreScorer, PatchEmbedder, k_center_greedy
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    input_size: int = 224
+    coreset_ratio: float = 0.1
+    max_bank: int = 4096
+    holdout: float = 0.2
+    seed: int = 0
+    backbone: str = "mobilenet_v2"
+    feature_layers: tuple[str, ...] = ()  # empty: the backbone's defaults
+    blur_sigma: float = 4.0
+    batch_size: int = 8
+    device: str = "auto"
+    version: str = ""
+
+
+@dataclass
+class TrainResult:
+    path: Path
+    sha256: str
+    threshold: float
+    memory_bank_size: int
+    training_images: int
+    normal_scores: list[float]
+    anomalous_scores: list[float]
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder")
+    found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise ValueError(f"{folder} holds no .png or .jpg images")
+    return found
+
+
+def load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """The serving checks and preprocessing, so training sees what serving sees."""
+    data = path.read_bytes()
+    try:
+        return to_model_input(data, inspect_image(data), size)
+    except InvalidImage as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
+def _batches(paths: Sequence[Path], n: int) -> Iterator[Sequence[Path]]:
+    for i in range(0, len(paths), n):
+        yield paths[i : i + n]
+
+
+def _bar(total: int, desc: str, quiet: bool, unit: str = "img") -> tqdm[Any]:
+    return tqdm(total=total, desc=desc, unit=unit, disable=quiet, file=sys.stderr,
+                dynamic_ncols=True, leave=False)
+
+
+def _score(scorer: PatchCoreScorer, paths: Sequence[Path], cfg: TrainConfig,
+           dev: torch.device, quiet: bool, desc: str) -> list[float]:
+    out: list[float] = []
+    size = scorer.input_size
+    with _bar(len(paths), desc, quiet) as bar, torch.inference_mode():
+        for chunk in _batches(paths, cfg.batch_size):
+            x = torch.from_numpy(np.stack([load_image(p, size) for p in chunk])).to(dev)
+            out.extend(float(s) for s in scorer(x)[0].cpu())
+            bar.update(len(chunk))
+    return out
+
+
+def _split(items: Sequence[Path], rng: np.random.Generator) -> tuple[list[Path], list[Path]]:
+    order = rng.permutation(len(items))
+    half = len(items) // 2
+    return [items[i] for i in order[:half]], [items[i] for i in order[half:]]
+
+
+def train(normal_dir: str | Path, anomalous_dir: str | Path | None, out: str | Path,
+          cfg: TrainConfig = TrainConfig(), quiet: bool = False) -> TrainResult:
+    normal = list_images(normal_dir)
+    anomalous = list_images(anomalous_dir) if anomalous_dir else []
+    if len(normal) < 2:
+        raise ValueError(f"need at least 2 normal images (found {len(normal)}): "
+                         "one to learn from, one to set the threshold")
+    if not 0 < cfg.holdout < 1:
+        raise ValueError("--holdout must be between 0 and 1")
+    if not 0 < cfg.coreset_ratio <= 1:
+        raise ValueError("--coreset-ratio must be in (0, 1]")
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(len(normal))
+    n_hold = min(len(normal) - 1, max(1, round(cfg.holdout * len(normal))))
+    held = [normal[i] for i in order[:n_hold]]
+    fit = [normal[i] for i in order[n_hold:]]
+
+    spec = get_spec(cfg.backbone)
+    layers = cfg.feature_layers or spec.default_layers
+    idx = layer_indices(spec, layers)
+    dev = resolve_device(cfg.device)
+    backbone = spec.build(idx[-1])
+    backbone.load_state_dict(spec.pretrained(idx[-1]), strict=True)
+    embedder = PatchEmbedder(backbone, idx).eval().to(dev)
+    size = (cfg.input_size, cfg.input_size)
+
+    chunks: list[torch.Tensor] = []
+    with _bar(len(fit), "embedding", quiet) as bar, torch.inference_mode():
+        for chunk in _batches(fit, cfg.batch_size):
+            x = torch.from_numpy(np.stack([load_image(p, size) for p in chunk])).to(dev)
+            feats = embedder(x)
+            chunks.append(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]).float().cpu())
+            bar.update(len(chunk))
+    patches = torch.cat(chunks)
+    k = max(1, min(cfg.max_bank, int(cfg.coreset_ratio * len(patches))))
+    with _bar(k, "coreset", quiet, unit="patch") as bar:
+        chosen = k_center_greedy(patches, k, cfg.seed, progress=bar.update)
+    bank = patches[chosen].contiguous()
+
+    scorer = PatchCoreScorer(embedder, bank.to(dev), size, cfg.blur_sigma).eval()
+    normal_scores = _score(scorer, held, cfg, dev, quiet, "scoring normal")
+    anom_scores = _score(scorer, anomalous, cfg, dev, quiet, "scoring anomalous")
+    by_path = dict(zip(held + anomalous, normal_scores + anom_scores, strict=True))
+
+    metrics: dict[str, Any] = {
+        "training_images": len(fit), "normal_test_images": len(held),
+        "anomalous_test_images": len(anomalous), "coreset_ratio": cfg.coreset_ratio,
+        "seed": cfg.seed, "patches": len(patches),
+    }
+    if anomalous:
+        independent = len(held) >= 2 and len(anomalous) >= 2
+        if independent:
+            cal_n, test_n = _split(held, rng)
+            cal_a, test_a = _split(anomalous, rng)
+        else:  # too few to split: say so rather than pretend
+            cal_n, test_n, cal_a, test_a = held, held, anomalous, anomalous
+        cal = [by_path[p] for p in cal_n + cal_a]
+        threshold = evaluation.f1_optimal_threshold(cal, [0] * len(cal_n) + [1] * len(cal_a))
+        test = [by_path[p] for p in test_n + test_a]
+        labels = [0] * len(test_n) + [1] * len(test_a)
+        s = evaluation.precision_recall_f1(test, labels, threshold)
+        metrics.update(
+            precision=s.precision, recall=s.recall, f1=s.f1,
+            auroc=evaluation.auroc(normal_scores + anom_scores,
+                                   [0] * len(held) + [1] * len(anomalous)),
+            threshold_independent=independent,
+        )
+    else:
+        threshold = evaluation.normal_only_threshold(normal_scores)
+        fpr = float(np.mean(np.asarray(normal_scores) > threshold))
+        metrics.update(false_positive_rate=fpr, threshold_independent=False)
+    median = float(np.median(normal_scores))
+    score_scale = max((threshold - median) / 3.0, 1e-3 * abs(threshold), 1e-6)
+
+    tensors = {"memory_bank": bank}
+    tensors.update({f"backbone.{k}": v for k, v in backbone.state_dict().items()})
+    meta: dict[str, Any] = {
+        "model_version": cfg.version,
+        "created_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+        "backbone": spec.name, "backbone_source": spec.source,
+        "feature_layers": list(layers), "input_size": [cfg.input_size, cfg.input_size],
+        "threshold": threshold, "score_scale": score_scale, "blur_sigma": cfg.blur_sigma,
+        "training": metrics,
+    }
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not cfg.version:  # version from the content, so equal models share it
+        from vigil_inference.artifact import tensors_sha256
+
+        meta["model_version"] = tensors_sha256(tensors)[:12]
+    sha = save_artifact(out, meta, tensors)
+    return TrainResult(out, sha, threshold, len(bank), len(fit), normal_scores, anom_scores,
+                       metrics)
+
+
+def summary(result: TrainResult) -> str:
+    """The evaluation in Lookout's words."""
+    m = result.metrics
+    lines = [f"Model {result.path} (version {result.sha256[:12]}, "
+             f"{result.memory_bank_size} memory-bank patches from {result.training_images} "
+             "training images)"]
+    if m.get("anomalous_test_images"):
+        how = ("threshold chosen on the other half of the held-out images"
+               if m["threshold_independent"]
+               else "too few images to split: threshold chosen on these same images")
+        lines += [
+            f"Evaluation on {m['normal_test_images']} held-out normal and "
+            f"{m['anomalous_test_images']} anomalous images ({how}):",
+            f"  Precision  {m['precision']:.3f}",
+            f"  Recall     {m['recall']:.3f}",
+            f"  F1 score   {m['f1']:.3f}",
+            f"  AUROC      {m['auroc']:.3f}",
+        ]
+    else:
+        lines += [
+            f"No anomalous images given: threshold set just above the highest of "
+            f"{m['normal_test_images']} held-out normal scores.",
+            "  Give --anomalous DIR for precision, recall, F1 and AUROC.",
+        ]
+    lines.append(f"Threshold {result.threshold:.4f} (an image scoring above it is anomalous)")
+    return "\n".join(lines)
+
+
+def train_command(args: argparse.Namespace) -> int:
+    cfg = TrainConfig(
+        input_size=args.input_size, coreset_ratio=args.coreset_ratio, max_bank=args.max_bank,
+        holdout=args.holdout, seed=args.seed, device=args.device, version=args.version,
+    )
+    result = train(args.normal, args.anomalous, args.out, cfg, quiet=args.quiet)
+    print(summary(result))
+    return 0
