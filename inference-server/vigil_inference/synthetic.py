@@ -57,28 +57,37 @@ def normal(seed: int, size: int = 256) -> Sample:
     return Sample(img, np.zeros((size, size), dtype=bool), "")
 
 
-def _ellipse(size: int, cy: float, cx: float, ry: float, rx: float, angle: float) -> np.ndarray:
-    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+def _ellipse(h: int, w: int, cy: float, cx: float, ry: float, rx: float,
+             angle: float) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     c, s = np.cos(angle), np.sin(angle)
     u = ((x - cx) * c + (y - cy) * s) / rx
     v = (-(x - cx) * s + (y - cy) * c) / ry
     return np.asarray(u * u + v * v, dtype=np.float32)
 
 
-def defective(seed: int, size: int = 256, defect: str | None = None) -> Sample:
-    """A normal image with one defect; `defect` picks the kind, else by seed."""
-    base = normal(seed, size)
+def add_defect(
+    image: np.ndarray, seed: int, kind: str, strength: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Paint one defect of `kind` onto an [H, W, 3] uint8 image (a copy).
+
+    Returns (image, mask). Works on any picture, so benchmarks can put
+    defects on real photographs too. `strength` < 1 blends the defect into
+    the image, for faint defects that are hard to see.
+    """
+    original = image.astype(np.float32)
     rng = np.random.default_rng(seed + 7_919)
-    kind = defect or DEFECTS[seed % len(DEFECTS)]
-    img = base.image.astype(np.float32)
+    size = min(image.shape[:2])
+    img = image.astype(np.float32)
+    h, w = image.shape[:2]
     margin = size // 6
-    cy, cx = rng.uniform(margin, size - margin, 2)
+    cy, cx = rng.uniform(margin, h - margin), rng.uniform(margin, w - margin)
+    mask = np.zeros((h, w), dtype=bool)
     if kind == "patch":  # a piece of foreign material
         side = int(size * rng.uniform(0.12, 0.2))
         y0, x0 = int(cy - side / 2), int(cx - side / 2)
         foreign = _weave(rng, side, _PERIOD * 0.5, np.array([0.35, 0.45, 0.7], np.float32))
         img[y0 : y0 + side, x0 : x0 + side] = foreign
-        mask = np.zeros((size, size), dtype=bool)
         mask[y0 : y0 + side, x0 : x0 + side] = True
     elif kind == "scratch":  # a thin bright tear along a gentle curve
         length = size * rng.uniform(0.3, 0.5)
@@ -87,23 +96,31 @@ def defective(seed: int, size: int = 256, defect: str | None = None) -> Sample:
         bend = rng.uniform(-0.15, 0.15) * length
         px = cx + t * length * np.cos(angle) - bend * (t**2) * np.sin(angle)
         py = cy + t * length * np.sin(angle) + bend * (t**2) * np.cos(angle)
-        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-        dist = np.full((size, size), np.inf, dtype=np.float32)
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        dist = np.full((h, w), np.inf, dtype=np.float32)
         for qx, qy in zip(px[::4], py[::4], strict=True):
             dist = np.minimum(dist, (xx - qx) ** 2 + (yy - qy) ** 2)
         width = rng.uniform(1.5, 2.5)
         mask = dist <= width**2
         img[mask] = np.array([250.0, 250.0, 245.0])
     elif kind == "blotch":  # a dark stain with a soft edge
-        r = _ellipse(size, cy, cx, size * rng.uniform(0.05, 0.1), size * rng.uniform(0.07, 0.13),
-                     rng.uniform(0, np.pi))
+        r = _ellipse(h, w, cy, cx, size * rng.uniform(0.05, 0.1),
+                     size * rng.uniform(0.07, 0.13), rng.uniform(0, np.pi))
         alpha = np.clip(1.3 - r, 0.0, 1.0)[..., None]
         stain = np.array([70.0, 45.0, 30.0], dtype=np.float32)
         img = img * (1 - 0.8 * alpha) + stain * 0.8 * alpha
         mask = r <= 1.0
     else:
         raise ValueError(f"unknown defect {kind!r}; choose from {', '.join(DEFECTS)}")
-    return Sample(np.clip(img, 0, 255).astype(np.uint8), mask, kind)
+    img = original + strength * (img - original)
+    return np.clip(img, 0, 255).astype(np.uint8), mask
+
+
+def defective(seed: int, size: int = 256, defect: str | None = None) -> Sample:
+    """A normal image with one defect; `defect` picks the kind, else by seed."""
+    kind = defect or DEFECTS[seed % len(DEFECTS)]
+    image, mask = add_defect(normal(seed, size).image, seed, kind)
+    return Sample(image, mask, kind)
 
 
 def write_dataset(

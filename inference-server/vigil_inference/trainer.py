@@ -36,7 +36,7 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 class TrainConfig:
     input_size: int = 224
     coreset_ratio: float = 0.1
-    max_bank: int = 4096
+    max_bank: int = 2048
     holdout: float = 0.2
     seed: int = 0
     backbone: str = "mobilenet_v2"
