@@ -56,8 +56,9 @@ def png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def run_texture(name: str, banks: list[int], n_train: int, n_test: int, strength: float,
-                work: Path) -> list[dict[str, float]]:
+def run_texture(
+    name: str, banks: list[int], n_train: int, n_test: int, strength: float, work: Path
+) -> list[dict[str, float]]:
     import skimage.data
 
     photo = getattr(skimage.data, name)()
@@ -66,13 +67,20 @@ def run_texture(name: str, banks: list[int], n_train: int, n_test: int, strength
     cal_normal = tiles(photo, split, photo.shape[1], n_test, seed=2)
     test_normal = tiles(photo, split, photo.shape[1], n_test, seed=3)
     kinds = synthetic.DEFECTS
-    cal_anom = [synthetic.add_defect(t, 10 + i, kinds[i % 3], strength)[0]
-                for i, t in enumerate(tiles(photo, split, photo.shape[1], n_test, seed=4))]
-    test_anom = [synthetic.add_defect(t, 50 + i, kinds[i % 3], strength)[0]
-                 for i, t in enumerate(tiles(photo, split, photo.shape[1], n_test, seed=5))]
+    cal_anom = [
+        synthetic.add_defect(t, 10 + i, kinds[i % 3], strength)[0]
+        for i, t in enumerate(tiles(photo, split, photo.shape[1], n_test, seed=4))
+    ]
+    test_anom = [
+        synthetic.add_defect(t, 50 + i, kinds[i % 3], strength)[0]
+        for i, t in enumerate(tiles(photo, split, photo.shape[1], n_test, seed=5))
+    ]
     dirs = {}
-    for label, imgs in (("normal", train_tiles), ("cal_normal", cal_normal),
-                        ("anomalous", cal_anom)):
+    for label, imgs in (
+        ("normal", train_tiles),
+        ("cal_normal", cal_normal),
+        ("anomalous", cal_anom),
+    ):
         d = work / name / label
         d.mkdir(parents=True, exist_ok=True)
         for i, im in enumerate(imgs):
@@ -93,13 +101,22 @@ def run_texture(name: str, banks: list[int], n_train: int, n_test: int, strength
         prepared = [model.prepare(d, inspect_image(d)) for d in test]
         model.predict(prepared[:8])
         t0 = time.perf_counter()
-        scores = np.concatenate([model.predict(prepared[i : i + 8])[0]
-                                 for i in range(0, len(prepared), 8)])
+        scores = np.concatenate(
+            [model.predict(prepared[i : i + 8])[0] for i in range(0, len(prepared), 8)]
+        )
         ms = (time.perf_counter() - t0) / len(prepared) * 1000
         prf = precision_recall_f1(scores, labels, model.threshold)
-        rows.append({"bank": bank, "size": model.info.memory_bank_size,
-                     "auroc": auroc(scores, labels), "f1": prf.f1,
-                     "precision": prf.precision, "recall": prf.recall, "ms": ms})
+        rows.append(
+            {
+                "bank": bank,
+                "size": model.info.memory_bank_size,
+                "auroc": auroc(scores, labels),
+                "f1": prf.f1,
+                "precision": prf.precision,
+                "recall": prf.recall,
+                "ms": ms,
+            }
+        )
     return rows
 
 
@@ -109,31 +126,46 @@ def main() -> int:
     ap.add_argument("--default-bank", type=int, default=TrainConfig().max_bank)
     ap.add_argument("--train", type=int, default=60, help="normal training tiles per texture")
     ap.add_argument("--test", type=int, default=24, help="test tiles per class and texture")
-    ap.add_argument("--strength", type=float, default=0.35,
-                    help="defect opacity: 1 paints it fully, lower blends it in (fainter)")
+    ap.add_argument(
+        "--strength",
+        type=float,
+        default=0.35,
+        help="defect opacity: 1 paints it fully, lower blends it in (fainter)",
+    )
     args = ap.parse_args()
     banks = sorted({int(b) for b in args.banks.split(",")} | {args.default_bank})
-    print(f"machine: {platform.machine()} {platform.processor() or ''}, "
-          f"python {platform.python_version()}; tiles {TILE}px, input 224px, "
-          f"defect strength {args.strength}")
-    print(f"{'texture':8} {'bank':>5} {'kept':>5} {'AUROC':>6} {'F1':>6} {'prec':>6} "
-          f"{'recall':>6} {'ms/img':>7}")
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''}, "
+        f"python {platform.python_version()}; tiles {TILE}px, input 224px, "
+        f"defect strength {args.strength}"
+    )
+    print(
+        f"{'texture':8} {'bank':>5} {'kept':>5} {'AUROC':>6} {'F1':>6} {'prec':>6} "
+        f"{'recall':>6} {'ms/img':>7}"
+    )
     by_bank: dict[int, list[dict[str, float]]] = {b: [] for b in banks}
     with tempfile.TemporaryDirectory() as tmp:
         for name in TEXTURES:
             for row in run_texture(name, banks, args.train, args.test, args.strength, Path(tmp)):
                 by_bank[int(row["bank"])].append(row)
-                print(f"{name:8} {row['bank']:5.0f} {row['size']:5.0f} {row['auroc']:6.3f} "
-                      f"{row['f1']:6.3f} {row['precision']:6.3f} {row['recall']:6.3f} "
-                      f"{row['ms']:7.1f}", flush=True)
+                print(
+                    f"{name:8} {row['bank']:5.0f} {row['size']:5.0f} {row['auroc']:6.3f} "
+                    f"{row['f1']:6.3f} {row['precision']:6.3f} {row['recall']:6.3f} "
+                    f"{row['ms']:7.1f}",
+                    flush=True,
+                )
     for bank, rows in by_bank.items():
-        print(f"mean     {bank:5d}       {np.mean([r['auroc'] for r in rows]):6.3f} "
-              f"{np.mean([r['f1'] for r in rows]):6.3f}{'':14}"
-              f"{np.mean([r['ms'] for r in rows]):7.1f}")
+        print(
+            f"mean     {bank:5d}       {np.mean([r['auroc'] for r in rows]):6.3f} "
+            f"{np.mean([r['f1'] for r in rows]):6.3f}{'':14}"
+            f"{np.mean([r['ms'] for r in rows]):7.1f}"
+        )
     d = by_bank[args.default_bank]
-    print(f"summary auroc_mean={np.mean([r['auroc'] for r in d]):.3f} "
-          f"f1_mean={np.mean([r['f1'] for r in d]):.3f} max_bank={args.default_bank} "
-          f"ms_per_image={np.mean([r['ms'] for r in d]):.1f}")
+    print(
+        f"summary auroc_mean={np.mean([r['auroc'] for r in d]):.3f} "
+        f"f1_mean={np.mean([r['f1'] for r in d]):.3f} max_bank={args.default_bank} "
+        f"ms_per_image={np.mean([r['ms'] for r in d]):.1f}"
+    )
     return 0
 
 

@@ -55,14 +55,39 @@ def main() -> int:
     normal_dir, anomalous_dir = synthetic.write_dataset(OUT / "train", 40, 12, seed=0)
 
     print(f"2. Training {model} (vigil train) ...", flush=True)
-    subprocess.run([*VIGIL, "train", "--normal", str(normal_dir), "--anomalous",
-                    str(anomalous_dir), "--out", str(model), "--max-bank", "2048"], check=True)
+    subprocess.run(
+        [
+            *VIGIL,
+            "train",
+            "--normal",
+            str(normal_dir),
+            "--anomalous",
+            str(anomalous_dir),
+            "--out",
+            str(model),
+            "--max-bank",
+            "2048",
+        ],
+        check=True,
+    )
 
     grpc_port, metrics_port = free_port(), free_port()
     target = f"127.0.0.1:{grpc_port}"
     print(f"\n3. Starting an inference unit on {target} (vigil serve) ...", flush=True)
-    unit = subprocess.Popen([*VIGIL, "serve", "--model", str(model), "--host", "127.0.0.1",
-                             "--port", str(grpc_port), "--metrics-port", str(metrics_port)])
+    unit = subprocess.Popen(
+        [
+            *VIGIL,
+            "serve",
+            "--model",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(grpc_port),
+            "--metrics-port",
+            str(metrics_port),
+        ]
+    )
     try:
         wait_serving(target, unit)
         images = OUT / "images"
@@ -73,33 +98,51 @@ def main() -> int:
             Image.fromarray(synthetic.normal(90_000 + i).image).save(p)
             paths.append(p)
             truth[str(p)] = "normal"
-        for i, kind in enumerate(synthetic.DEFECTS + ("scratch",)):
+        for i, kind in enumerate((*synthetic.DEFECTS, "scratch")):
             p = images / f"{kind}-{i}.jpg"
             Image.fromarray(synthetic.defective(91_000 + i, defect=kind).image).save(p, quality=92)
             paths.append(p)
             truth[str(p)] = kind
 
         print("4. Sending 8 images (vigil detect --mask-dir demo-out/masks) ...\n", flush=True)
-        r = subprocess.run([*VIGIL, "detect", "--target", target, "--mask-dir",
-                            str(OUT / "masks"), *map(str, paths)],
-                           capture_output=True, text=True, check=True)
-        print(f"{'image':28} {'truth':8} {'anomalous':>9} {'score':>7} {'conf':>5} "
-              f"{'area %':>7}")
+        r = subprocess.run(
+            [
+                *VIGIL,
+                "detect",
+                "--target",
+                target,
+                "--mask-dir",
+                str(OUT / "masks"),
+                *map(str, paths),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        print(f"{'image':28} {'truth':8} {'anomalous':>9} {'score':>7} {'conf':>5} {'area %':>7}")
         correct = 0
         for line in r.stdout.splitlines():
             res = json.loads(line)
-            area = res["anomalies"][0]["pixel_anomaly"]["total_percentage_area"] * 100
+            anomalies = res["anomalies"]  # one entry when any pixel is anomalous
+            area = anomalies[0]["pixel_anomaly"]["total_percentage_area"] * 100 if anomalies else 0
             ok = res["is_anomalous"] == (truth[res["image"]] != "normal")
             correct += ok
-            print(f"{res['image']:28} {truth[res['image']]:8} {res['is_anomalous']!s:>9} "
-                  f"{res['anomaly_score']:7.3f} {res['confidence']:5.2f} {area:7.2f}")
+            print(
+                f"{res['image']:28} {truth[res['image']]:8} {res['is_anomalous']!s:>9} "
+                f"{res['anomaly_score']:7.3f} {res['confidence']:5.2f} {area:7.2f}"
+            )
         print(f"\n{correct}/8 correct; masks in {OUT / 'masks'}/")
 
-        print("\n5. The unit's metrics (curl :%d/metrics):" % metrics_port)
+        print(f"\n5. The unit's metrics (curl :{metrics_port}/metrics):")
         text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
         for line in text.splitlines():
-            if line.startswith(("vigil_inference_requests_total", "vigil_inference_images_total",
-                                "vigil_inference_busy_seconds_total")):
+            if line.startswith(
+                (
+                    "vigil_inference_requests_total",
+                    "vigil_inference_images_total",
+                    "vigil_inference_busy_seconds_total",
+                )
+            ):
                 print("  " + line)
     finally:
         unit.send_signal(signal.SIGTERM)

@@ -41,8 +41,7 @@ def png_image() -> Callable[..., bytes]:
     """png_image(seed, defect=None, size=256) -> PNG bytes of a generated image."""
 
     def make(seed: int = 1, defect: str | None = None, size: int = 256) -> bytes:
-        sample = (synthetic.defective(seed, size, defect) if defect
-                  else synthetic.normal(seed, size))
+        sample = synthetic.defective(seed, size, defect) if defect else synthetic.normal(seed, size)
         return encode(sample.image)
 
     return make

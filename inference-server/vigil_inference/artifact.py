@@ -27,8 +27,18 @@ FORMAT_VERSION: Final = 1
 METADATA_KEY: Final = "vigil"
 _MAX_HEADER: Final = 16 * 1024 * 1024
 _REQUIRED: Final = (
-    "format", "format_version", "model_version", "created_at", "backbone", "feature_layers",
-    "input_size", "threshold", "score_scale", "blur_sigma", "training", "tensors_sha256",
+    "format",
+    "format_version",
+    "model_version",
+    "created_at",
+    "backbone",
+    "feature_layers",
+    "input_size",
+    "threshold",
+    "score_scale",
+    "blur_sigma",
+    "training",
+    "tensors_sha256",
 )
 
 
@@ -59,8 +69,12 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
 def save_artifact(path: str | Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
     """Write atomically (temp file + rename); returns the tensors' sha256."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    full = {**meta, "format": FORMAT, "format_version": FORMAT_VERSION,
-            "tensors_sha256": tensors_sha256(tensors)}
+    full = {
+        **meta,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "tensors_sha256": tensors_sha256(tensors),
+    }
     missing = [k for k in _REQUIRED if k not in full]
     if missing:
         raise ArtifactError(f"cannot save: metadata lacks {', '.join(missing)}")
@@ -93,8 +107,11 @@ def _header(data: bytes, name: str) -> dict[str, Any]:
         raise ArtifactError(f"{name}: not a .vigil artifact (unreadable header: {exc})") from exc
     if not isinstance(header, dict):
         raise ArtifactError(f"{name}: not a .vigil artifact (header is not an object)")
-    ends = [v["data_offsets"][1] for k, v in header.items()
-            if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v]
+    ends = [
+        v["data_offsets"][1]
+        for k, v in header.items()
+        if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v
+    ]
     body = len(data) - 8 - n
     if ends and max(ends) > body:
         raise ArtifactError(
@@ -115,8 +132,9 @@ def parse_artifact(data: bytes, name: str = "artifact") -> Artifact:
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{name}: Vigil metadata is not valid JSON: {exc}") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ArtifactError(f"{name}: foreign artifact format {meta.get('format')!r}, "
-                            f"expected {FORMAT!r}")
+        raise ArtifactError(
+            f"{name}: foreign artifact format {meta.get('format')!r}, expected {FORMAT!r}"
+        )
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise ArtifactError(

@@ -2,7 +2,9 @@
 
 A model scores a batch of N images in far less than N times the cost of one,
 so concurrent requests are grouped: a batch closes when it is full or
-`max_delay_s` after its first item arrived. `predict` runs on a dedicated
+`max_delay_s` after its first item arrived, and at once when no other
+admitted request is still being prepared (waiting could only add latency:
+nothing else is on its way). `predict` runs on a dedicated
 single thread (the event loop never blocks and the model sees one caller).
 While a batch runs, requests keep queueing; a full batch is handed to the
 executor at once so the model never waits on the event loop, and at most one
@@ -94,12 +96,16 @@ class Slot(Generic[T, R]):
             raise RuntimeError("slot already released")
         self._submitted = True
         self._in_batcher = True
+        self._batcher._preparing -= 1
         return await self._batcher._enqueue(value, self)
 
     def release(self) -> None:
         """Caller is done; the slot frees once the batcher is done too."""
         if self._with_caller:
             self._with_caller = False
+            if not self._submitted:  # gave up before submitting: one less to wait for
+                self._batcher._preparing -= 1
+                self._batcher._wake()
             self._maybe_free()
 
     def _left_batcher(self) -> None:
@@ -142,6 +148,7 @@ class DynamicBatcher(Generic[T, R]):
         self.stats = BatcherStats()
         self._pending: collections.deque[_Item[T, R]] = collections.deque()
         self._admitted = 0
+        self._preparing = 0  # admitted, not yet submitted
         self._running_batches = 0
         self._closing = False
         self._wakeup: asyncio.Event | None = None
@@ -175,6 +182,7 @@ class DynamicBatcher(Generic[T, R]):
                 f"{self._admitted} requests in progress, the limit of this unit; retry later"
             )
         self._admitted += 1
+        self._preparing += 1
         return Slot(self)
 
     async def submit(self, value: T) -> R:
@@ -241,7 +249,7 @@ class DynamicBatcher(Generic[T, R]):
                     continue
                 if idle:
                     timeout = self._pending[0].enqueued_at + self.max_delay_s - loop.time()
-                    if timeout <= 0 or self._closing:
+                    if timeout <= 0 or self._closing or self._preparing == 0:
                         self._dispatch(self._take_batch())
                         continue
             self._wakeup.clear()

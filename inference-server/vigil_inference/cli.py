@@ -31,7 +31,12 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--out", required=True, metavar="FILE", help="artifact to write (.vigil)")
     p.add_argument("--input-size", type=int, default=224, help="square model input side")
     p.add_argument("--coreset-ratio", type=float, default=0.1, help="memory bank share kept")
-    p.add_argument("--max-bank", type=int, default=4096, help="memory bank size cap")
+    p.add_argument(
+        "--max-bank",
+        type=int,
+        default=2048,
+        help="memory bank size cap (CPU scoring time grows with it)",
+    )
     p.add_argument("--holdout", type=float, default=0.2, help="share of normal images held out")
     p.add_argument("--seed", type=int, default=0, help="seed for splits and coreset")
     p.add_argument("--version", default="", help="model version string (default: from hash)")
@@ -48,12 +53,26 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus port (0: any)")
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--max-batch-delay-ms", type=float, default=5.0)
-    p.add_argument("--max-queue", type=int, default=64, help="admitted requests beyond which "
-                   "new ones get RESOURCE_EXHAUSTED")
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=64,
+        help="admitted requests beyond which new ones get RESOURCE_EXHAUSTED",
+    )
+    p.add_argument(
+        "--prepare-workers",
+        type=int,
+        default=None,
+        help="image decoding threads (default: one less than the CPUs, at most 4)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--runtime", default="auto", help="auto, torch or onnxruntime")
-    p.add_argument("--grace-seconds", type=float, default=20.0,
-                   help="drain time for in-flight requests on SIGTERM")
+    p.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=20.0,
+        help="drain time for in-flight requests on SIGTERM",
+    )
     p.set_defaults(func=_lazy("vigil_inference.server", "serve_command"))
 
 

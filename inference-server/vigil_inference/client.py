@@ -14,6 +14,7 @@ from typing import Any, Final
 
 import grpc
 from google.protobuf import json_format
+
 from vigil.v1 import anomaly_pb2, anomaly_pb2_grpc
 
 # Room for a large image out and a 4096x4096 mask back.

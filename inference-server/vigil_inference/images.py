@@ -103,14 +103,10 @@ def decode_rgb(
             img.load()
             return img.convert("RGB")
     except Exception as exc:
-        raise InvalidImage(
-            f"{header.format} data is truncated or corrupt: {exc}"
-        ) from exc
+        raise InvalidImage(f"{header.format} data is truncated or corrupt: {exc}") from exc
 
 
-def to_model_input(
-    data: bytes, header: ImageHeader, size: tuple[int, int]
-) -> np.ndarray:
+def to_model_input(data: bytes, header: ImageHeader, size: tuple[int, int]) -> np.ndarray:
     """Decode, resize to `size` (height, width) and lay out as [3, H, W] uint8.
 
     The one preprocessing path, shared by training and serving, so a model

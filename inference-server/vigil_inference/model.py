@@ -85,12 +85,16 @@ def build_scorer(artifact: Artifact) -> PatchCoreScorer:
     except BackboneError as exc:
         raise ArtifactError(str(exc)) from exc
     size = meta["input_size"]
-    if not (isinstance(size, list) and len(size) == 2
-            and all(isinstance(v, int) and 64 <= v <= 1024 for v in size)):
+    if not (
+        isinstance(size, list)
+        and len(size) == 2
+        and all(isinstance(v, int) and 64 <= v <= 1024 for v in size)
+    ):
         raise ArtifactError(f"input_size must be [height, width] within 64..1024, got {size!r}")
     backbone = spec.build(idx[-1])
-    state = {k.removeprefix("backbone."): v for k, v in tensors.items()
-             if k.startswith("backbone.")}
+    state = {
+        k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")
+    }
     try:
         backbone.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -142,8 +146,12 @@ class _OrtRunner:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                scorer.cpu(), (torch.zeros(1, 3, h, w, dtype=torch.uint8),), buf,
-                dynamo=False, input_names=["pixels"], output_names=["scores", "maps"],
+                scorer.cpu(),
+                (torch.zeros(1, 3, h, w, dtype=torch.uint8),),
+                buf,  # type: ignore[arg-type]  # the TorchScript exporter takes a file object
+                dynamo=False,
+                input_names=["pixels"],
+                output_names=["scores", "maps"],
                 dynamic_axes={"pixels": {0: "n"}, "scores": {0: "n"}, "maps": {0: "n"}},
                 opset_version=17,
             )
@@ -151,8 +159,9 @@ class _OrtRunner:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Spinning worker threads would steal the cores that decode and gRPC need.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(buf.getvalue(), opts,
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            buf.getvalue(), opts, providers=["CPUExecutionProvider"]
+        )
 
     def __call__(self, inputs: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
         batch = np.stack([np.asarray(x) for x in inputs])
@@ -230,7 +239,8 @@ class AnomalyModel:
             img = decode_jpeg(raw, mode=ImageReadMode.RGB, device=self._dev)
         except RuntimeError as exc:
             raise InvalidImage(f"JPEG data is truncated or corrupt: {exc}") from exc
-        return resize(img, list(self.input_size), antialias=True)
+        out: torch.Tensor = resize(img, list(self.input_size), antialias=True)
+        return out
 
     def predict(self, inputs: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
         """Score prepared images: (scores [N], anomaly maps [N, H, W])."""

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -26,6 +26,9 @@ class PatchEmbedder(nn.Module):
     Input: [N, 3, H, W] uint8 (or float in 0..255). Output: [N, D, h, w]
     where h, w is the first chosen layer's grid and D the summed channels.
     """
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, backbone: nn.Sequential, layer_idx: tuple[int, ...]) -> None:
         super().__init__()
@@ -52,7 +55,7 @@ class PatchEmbedder(nn.Module):
 
 
 def gaussian_kernel1d(sigma: float) -> torch.Tensor:
-    radius = max(1, int(math.ceil(4 * sigma)))
+    radius = max(1, math.ceil(4 * sigma))
     t = torch.arange(-radius, radius + 1, dtype=torch.float32)
     k = torch.exp(-(t**2) / (2 * sigma**2))
     return k / k.sum()
@@ -66,6 +69,10 @@ class PatchCoreScorer(nn.Module):
     score is the map's maximum, so an image is anomalous exactly when its
     mask has a pixel above the threshold.
     """
+
+    memory_bank: torch.Tensor
+    bank_sq: torch.Tensor
+    blur: torch.Tensor
 
     def __init__(
         self,
@@ -92,8 +99,9 @@ class PatchCoreScorer(nn.Module):
 
     def smooth(self, patch_scores: torch.Tensor) -> torch.Tensor:
         """[N, 1, h, w] -> [N, H, W] upsampled and Gaussian-smoothed map."""
-        amap = F.interpolate(patch_scores, size=self.input_size, mode="bilinear",
-                             align_corners=False)
+        amap = F.interpolate(
+            patch_scores, size=self.input_size, mode="bilinear", align_corners=False
+        )
         r = (self.blur.numel() - 1) // 2
         amap = F.pad(amap, (r, r, r, r), mode="reflect")
         amap = F.conv2d(amap, self.blur.view(1, 1, 1, -1))
@@ -106,7 +114,10 @@ class PatchCoreScorer(nn.Module):
 
 
 def k_center_greedy(
-    features: torch.Tensor, k: int, seed: int, proj_dim: int = 128,
+    features: torch.Tensor,
+    k: int,
+    seed: int,
+    proj_dim: int = 128,
     progress: Callable[[int], object] | None = None,
 ) -> torch.Tensor:
     """Indices of a greedy k-center coreset of `features` [N, D].

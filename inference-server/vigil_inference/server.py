@@ -13,22 +13,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Final
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1._async import HealthServicer  # public as health.aio; stubs lack it
 from grpc_reflection.v1alpha import reflection
-from vigil.v1 import anomaly_pb2, anomaly_pb2_grpc
 
+from vigil.v1 import anomaly_pb2, anomaly_pb2_grpc
 from vigil_inference.batcher import Closed, DynamicBatcher, Overloaded
 from vigil_inference.images import MAX_IMAGE_BYTES, InvalidImage, inspect_image
 from vigil_inference.metrics import InferenceMetrics, MetricsServer
@@ -47,14 +47,24 @@ Scored = tuple[float, np.ndarray]
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-@dataclass(frozen=True)
+def _cpus() -> int:
+    """CPUs this process may run on (a container's cpuset, not the host's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+@dataclasses.dataclass(frozen=True)
 class ServingConfig:
     """Batching and admission limits of one unit."""
 
     max_batch_size: int = 16
     max_batch_delay_s: float = 0.005
     max_queue: int = 64
-    prepare_workers: int = max(2, min(4, os.cpu_count() or 1))
+    # Decoding threads. The model's runtime already uses every core, so more
+    # decoders than spare cores slow the model down (2 cores: 1 decoder
+    # serves ~20 % more images/s than 2).
+    prepare_workers: int = min(4, max(1, _cpus() - 1))
 
 
 class DetectionService:
@@ -95,6 +105,7 @@ class DetectionService:
             self._pool.shutdown(wait=False)
 
     async def detect(self, image: bytes, content_type: str, return_mask: bool) -> Detection:
+        """Score one encoded image; its slot is held from before decoding to the end."""
         try:
             header = inspect_image(image, content_type)  # header only: cheap
             with self.batcher.admit() as slot:
@@ -324,6 +335,8 @@ def serve_command(args: argparse.Namespace) -> int:
         max_batch_delay_s=args.max_batch_delay_ms / 1000.0,
         max_queue=args.max_queue,
     )
+    if args.prepare_workers is not None:
+        config = dataclasses.replace(config, prepare_workers=args.prepare_workers)
     model = AnomalyModel.load(args.model, device=args.device, runtime=args.runtime)
     model.warmup(config.max_batch_size)
     return asyncio.run(_serve(model, args, config))

@@ -28,7 +28,8 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     grid = rng.random((cells + 1, cells + 1)).astype(np.float32)
     img = Image.fromarray(grid, mode="F").resize((size, size), Image.Resampling.BICUBIC)
     out = np.asarray(img, dtype=np.float32)
-    return (out - out.min()) / max(float(out.max() - out.min()), 1e-6)
+    span = max(float(out.max() - out.min()), 1e-6)
+    return np.asarray((out - out.min()) / span, dtype=np.float32)
 
 
 def _weave(rng: np.random.Generator, size: int, period: float, tint: np.ndarray) -> np.ndarray:
@@ -43,7 +44,7 @@ def _weave(rng: np.random.Generator, size: int, period: float, tint: np.ndarray)
     grain = rng.normal(0.0, 0.04, (size, size)).astype(np.float32)
     base = np.clip((0.35 + 0.5 * checker) * light + grain, 0.0, 1.0)
     rgb = base[..., None] * tint[None, None, :]
-    return np.clip(rgb * 255.0, 0, 255).astype(np.uint8)
+    return np.asarray(np.clip(rgb * 255.0, 0, 255), dtype=np.uint8)
 
 
 _TINT = np.array([0.82, 0.74, 0.58], dtype=np.float32)  # beige cloth
@@ -57,8 +58,9 @@ def normal(seed: int, size: int = 256) -> Sample:
     return Sample(img, np.zeros((size, size), dtype=bool), "")
 
 
-def _ellipse(h: int, w: int, cy: float, cx: float, ry: float, rx: float,
-             angle: float) -> np.ndarray:
+def _ellipse(
+    h: int, w: int, cy: float, cx: float, ry: float, rx: float, angle: float
+) -> np.ndarray:
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     c, s = np.cos(angle), np.sin(angle)
     u = ((x - cx) * c + (y - cy) * s) / rx
@@ -104,11 +106,18 @@ def add_defect(
         mask = dist <= width**2
         img[mask] = np.array([250.0, 250.0, 245.0])
     elif kind == "blotch":  # a dark stain with a soft edge
-        r = _ellipse(h, w, cy, cx, size * rng.uniform(0.05, 0.1),
-                     size * rng.uniform(0.07, 0.13), rng.uniform(0, np.pi))
+        r = _ellipse(
+            h,
+            w,
+            cy,
+            cx,
+            size * rng.uniform(0.05, 0.1),
+            size * rng.uniform(0.07, 0.13),
+            rng.uniform(0, np.pi),
+        )
         alpha = np.clip(1.3 - r, 0.0, 1.0)[..., None]
         stain = np.array([70.0, 45.0, 30.0], dtype=np.float32)
-        img = img * (1 - 0.8 * alpha) + stain * 0.8 * alpha
+        img = np.asarray(img * (1 - 0.8 * alpha) + stain * 0.8 * alpha, dtype=np.float32)
         mask = r <= 1.0
     else:
         raise ValueError(f"unknown defect {kind!r}; choose from {', '.join(DEFECTS)}")
@@ -124,7 +133,11 @@ def defective(seed: int, size: int = 256, defect: str | None = None) -> Sample:
 
 
 def write_dataset(
-    root: Path, n_normal: int, n_anomalous: int, seed: int = 0, size: int = 256,
+    root: Path,
+    n_normal: int,
+    n_anomalous: int,
+    seed: int = 0,
+    size: int = 256,
     fmt: str = "png",
 ) -> tuple[Path, Path]:
     """Write `root/normal/*.png` and `root/anomalous/*.png`; returns both folders."""

@@ -84,12 +84,25 @@ def _batches(paths: Sequence[Path], n: int) -> Iterator[Sequence[Path]]:
 
 
 def _bar(total: int, desc: str, quiet: bool, unit: str = "img") -> tqdm[Any]:
-    return tqdm(total=total, desc=desc, unit=unit, disable=quiet, file=sys.stderr,
-                dynamic_ncols=True, leave=False)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        disable=quiet,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        leave=False,
+    )
 
 
-def _score(scorer: PatchCoreScorer, paths: Sequence[Path], cfg: TrainConfig,
-           dev: torch.device, quiet: bool, desc: str) -> list[float]:
+def _score(
+    scorer: PatchCoreScorer,
+    paths: Sequence[Path],
+    cfg: TrainConfig,
+    dev: torch.device,
+    quiet: bool,
+    desc: str,
+) -> list[float]:
     out: list[float] = []
     size = scorer.input_size
     with _bar(len(paths), desc, quiet) as bar, torch.inference_mode():
@@ -106,13 +119,20 @@ def _split(items: Sequence[Path], rng: np.random.Generator) -> tuple[list[Path],
     return [items[i] for i in order[:half]], [items[i] for i in order[half:]]
 
 
-def train(normal_dir: str | Path, anomalous_dir: str | Path | None, out: str | Path,
-          cfg: TrainConfig = TrainConfig(), quiet: bool = False) -> TrainResult:
+def train(
+    normal_dir: str | Path,
+    anomalous_dir: str | Path | None,
+    out: str | Path,
+    cfg: TrainConfig = TrainConfig(),
+    quiet: bool = False,
+) -> TrainResult:
     normal = list_images(normal_dir)
     anomalous = list_images(anomalous_dir) if anomalous_dir else []
     if len(normal) < 2:
-        raise ValueError(f"need at least 2 normal images (found {len(normal)}): "
-                         "one to learn from, one to set the threshold")
+        raise ValueError(
+            f"need at least 2 normal images (found {len(normal)}): "
+            "one to learn from, one to set the threshold"
+        )
     if not 0 < cfg.holdout < 1:
         raise ValueError("--holdout must be between 0 and 1")
     if not 0 < cfg.coreset_ratio <= 1:
@@ -151,9 +171,12 @@ def train(normal_dir: str | Path, anomalous_dir: str | Path | None, out: str | P
     by_path = dict(zip(held + anomalous, normal_scores + anom_scores, strict=True))
 
     metrics: dict[str, Any] = {
-        "training_images": len(fit), "normal_test_images": len(held),
-        "anomalous_test_images": len(anomalous), "coreset_ratio": cfg.coreset_ratio,
-        "seed": cfg.seed, "patches": len(patches),
+        "training_images": len(fit),
+        "normal_test_images": len(held),
+        "anomalous_test_images": len(anomalous),
+        "coreset_ratio": cfg.coreset_ratio,
+        "seed": cfg.seed,
+        "patches": len(patches),
     }
     if anomalous:
         independent = len(held) >= 2 and len(anomalous) >= 2
@@ -168,9 +191,12 @@ def train(normal_dir: str | Path, anomalous_dir: str | Path | None, out: str | P
         labels = [0] * len(test_n) + [1] * len(test_a)
         s = evaluation.precision_recall_f1(test, labels, threshold)
         metrics.update(
-            precision=s.precision, recall=s.recall, f1=s.f1,
-            auroc=evaluation.auroc(normal_scores + anom_scores,
-                                   [0] * len(held) + [1] * len(anomalous)),
+            precision=s.precision,
+            recall=s.recall,
+            f1=s.f1,
+            auroc=evaluation.auroc(
+                normal_scores + anom_scores, [0] * len(held) + [1] * len(anomalous)
+            ),
             threshold_independent=independent,
         )
     else:
@@ -185,9 +211,13 @@ def train(normal_dir: str | Path, anomalous_dir: str | Path | None, out: str | P
     meta: dict[str, Any] = {
         "model_version": cfg.version,
         "created_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
-        "backbone": spec.name, "backbone_source": spec.source,
-        "feature_layers": list(layers), "input_size": [cfg.input_size, cfg.input_size],
-        "threshold": threshold, "score_scale": score_scale, "blur_sigma": cfg.blur_sigma,
+        "backbone": spec.name,
+        "backbone_source": spec.source,
+        "feature_layers": list(layers),
+        "input_size": [cfg.input_size, cfg.input_size],
+        "threshold": threshold,
+        "score_scale": score_scale,
+        "blur_sigma": cfg.blur_sigma,
         "training": metrics,
     }
     out = Path(out)
@@ -197,20 +227,25 @@ def train(normal_dir: str | Path, anomalous_dir: str | Path | None, out: str | P
 
         meta["model_version"] = tensors_sha256(tensors)[:12]
     sha = save_artifact(out, meta, tensors)
-    return TrainResult(out, sha, threshold, len(bank), len(fit), normal_scores, anom_scores,
-                       metrics)
+    return TrainResult(
+        out, sha, threshold, len(bank), len(fit), normal_scores, anom_scores, metrics
+    )
 
 
 def summary(result: TrainResult) -> str:
     """The evaluation in Lookout's words."""
     m = result.metrics
-    lines = [f"Model {result.path} (version {result.sha256[:12]}, "
-             f"{result.memory_bank_size} memory-bank patches from {result.training_images} "
-             "training images)"]
+    lines = [
+        f"Model {result.path} (version {result.sha256[:12]}, "
+        f"{result.memory_bank_size} memory-bank patches from {result.training_images} "
+        "training images)"
+    ]
     if m.get("anomalous_test_images"):
-        how = ("threshold chosen on the other half of the held-out images"
-               if m["threshold_independent"]
-               else "too few images to split: threshold chosen on these same images")
+        how = (
+            "threshold chosen on the other half of the held-out images"
+            if m["threshold_independent"]
+            else "too few images to split: threshold chosen on these same images"
+        )
         lines += [
             f"Evaluation on {m['normal_test_images']} held-out normal and "
             f"{m['anomalous_test_images']} anomalous images ({how}):",
@@ -231,8 +266,13 @@ def summary(result: TrainResult) -> str:
 
 def train_command(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
-        input_size=args.input_size, coreset_ratio=args.coreset_ratio, max_bank=args.max_bank,
-        holdout=args.holdout, seed=args.seed, device=args.device, version=args.version,
+        input_size=args.input_size,
+        coreset_ratio=args.coreset_ratio,
+        max_bank=args.max_bank,
+        holdout=args.holdout,
+        seed=args.seed,
+        device=args.device,
+        version=args.version,
     )
     result = train(args.normal, args.anomalous, args.out, cfg, quiet=args.quiet)
     print(summary(result))

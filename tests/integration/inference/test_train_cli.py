@@ -15,8 +15,12 @@ pytestmark = pytest.mark.slow
 
 
 def vigil(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vigil_inference.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=240)
+    return subprocess.run(
+        [sys.executable, "-m", "vigil_inference.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +28,23 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return synthetic.write_dataset(tmp_path_factory.mktemp("small"), 10, 6, seed=3, size=160)
 
 
-def test_train_with_anomalous_prints_lookout_evaluation(small: tuple[Path, Path],
-                                                        tmp_path: Path) -> None:
+def test_train_with_anomalous_prints_lookout_evaluation(
+    small: tuple[Path, Path], tmp_path: Path
+) -> None:
     out = tmp_path / "m.vigil"
-    r = vigil("train", "--normal", small[0], "--anomalous", small[1], "--out", out,
-              "--max-bank", "256", "--version", "v7")
+    r = vigil(
+        "train",
+        "--normal",
+        small[0],
+        "--anomalous",
+        small[1],
+        "--out",
+        out,
+        "--max-bank",
+        "256",
+        "--version",
+        "v7",
+    )
     assert r.returncode == 0, r.stderr
     for word in ("Precision", "Recall", "F1 score", "AUROC", "Threshold"):
         assert word in r.stdout
@@ -38,10 +54,10 @@ def test_train_with_anomalous_prints_lookout_evaluation(small: tuple[Path, Path]
     assert model.info.memory_bank_size == 256
 
 
-def test_train_normal_only_explains_the_threshold(small: tuple[Path, Path],
-                                                  tmp_path: Path) -> None:
-    r = vigil("train", "--normal", small[0], "--out", tmp_path / "n.vigil", "--quiet",
-              "--max-bank", "128")
+def test_train_normal_only_explains_the_threshold(small: tuple[Path, Path], tmp_path: Path) -> None:
+    r = vigil(
+        "train", "--normal", small[0], "--out", tmp_path / "n.vigil", "--quiet", "--max-bank", "128"
+    )
     assert r.returncode == 0, r.stderr
     assert "No anomalous images given" in r.stdout and "--anomalous" in r.stdout
     assert r.stderr == ""  # --quiet: no progress bar

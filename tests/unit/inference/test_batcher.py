@@ -38,8 +38,8 @@ class Recorder:
         return [2 * x for x in items]
 
 
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_for(cond: Callable[[], bool], limit_s: float = 5.0) -> None:
+    deadline = time.monotonic() + limit_s
     while not cond():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.002)
@@ -69,15 +69,52 @@ async def test_batches_fill_up_to_max_while_model_busy() -> None:
     await b.close()
 
 
+async def test_lone_request_does_not_wait_for_delay() -> None:
+    rec = Recorder()
+    b = make(rec, max_batch_size=16, max_delay_s=5.0, max_queue=64)
+    t0 = time.monotonic()
+    assert await b.submit(1) == 2
+    assert time.monotonic() - t0 < 1.0  # nothing else admitted: no reason to wait
+    await b.close()
+
+
+async def test_waits_for_admitted_requests_still_preparing() -> None:
+    rec = Recorder()
+    b = make(rec, max_batch_size=16, max_delay_s=2.0, max_queue=64)
+    with b.admit() as preparing:
+        first = asyncio.create_task(b.submit(1))
+        await asyncio.sleep(0.05)
+        assert rec.batches == []  # held for the request being prepared
+        assert await preparing.submit(2) == 4
+    assert await first == 2
+    assert rec.batches == [[1, 2]]
+    await b.close()
+
+
 async def test_partial_batch_dispatches_after_delay() -> None:
     rec = Recorder()
     b = make(rec, max_batch_size=16, max_delay_s=0.05, max_queue=64)
-    t0 = time.monotonic()
-    results = await asyncio.gather(*(b.submit(i) for i in range(3)))
-    elapsed = time.monotonic() - t0
+    with b.admit():  # a request that stays in preparation past the delay
+        t0 = time.monotonic()
+        results = await asyncio.gather(*(b.submit(i) for i in range(3)))
+        elapsed = time.monotonic() - t0
     assert results == [0, 2, 4]
     assert rec.batches == [[0, 1, 2]]
     assert 0.04 <= elapsed < 1.0
+    await b.close()
+
+
+async def test_giving_up_in_preparation_releases_waiting_batch() -> None:
+    rec = Recorder()
+    b = make(rec, max_batch_size=16, max_delay_s=5.0, max_queue=64)
+    slot = b.admit()
+    first = asyncio.create_task(b.submit(1))
+    await asyncio.sleep(0.02)
+    assert rec.batches == []
+    t0 = time.monotonic()
+    slot.release()  # e.g. its image failed to decode
+    assert await first == 2
+    assert time.monotonic() - t0 < 1.0
     await b.close()
 
 

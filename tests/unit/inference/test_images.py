@@ -22,12 +22,22 @@ from vigil_inference.images import (
 
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG that declares a size but carries almost no data: a bomb's header."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(body))
+            + kind
+            + body
+            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+        )
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _jpeg(size: tuple[int, int] = (128, 96)) -> bytes:
@@ -57,8 +67,17 @@ def test_valid_png_and_jpeg_headers(png_image: Callable[..., bytes]) -> None:
         (_png_header_only(100_000, 100_000), "image/png", "too many pixels|each side"),
         (b"\x89PNG\r\n\x1a\n" + b"garbage" * 10, "image/png", "cannot read the PNG header"),
     ],
-    ids=["empty", "not-image", "gif", "mislabelled", "too-large", "too-small", "too-wide",
-         "bomb", "bad-header"],
+    ids=[
+        "empty",
+        "not-image",
+        "gif",
+        "mislabelled",
+        "too-large",
+        "too-small",
+        "too-wide",
+        "bomb",
+        "bad-header",
+    ],
 )
 def test_bad_input_is_named(data: bytes, ctype: str, message: str) -> None:
     with pytest.raises(InvalidImage, match=message):

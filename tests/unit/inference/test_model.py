@@ -34,13 +34,12 @@ def test_unseen_defects_score_above_unseen_normals(
     model: AnomalyModel, png_image: Callable[..., bytes]
 ) -> None:
     normal = [png_image(10_000 + i) for i in range(12)]
-    defects = [png_image(20_000 + i, defect=kind)
-               for i in range(4) for kind in synthetic.DEFECTS]
+    defects = [png_image(20_000 + i, defect=kind) for i in range(4) for kind in synthetic.DEFECTS]
     s = _scores(model, normal + defects)
     labels = [0] * len(normal) + [1] * len(defects)
     assert auroc(s, labels) >= 0.95
     predicted = s > model.threshold
-    assert predicted[len(normal):].mean() >= 0.8  # recall on unseen defects
+    assert predicted[len(normal) :].mean() >= 0.8  # recall on unseen defects
     assert predicted[: len(normal)].mean() <= 0.2  # false alarms on unseen normals
 
 
@@ -74,13 +73,13 @@ def test_detection_fields_and_mask_at_request_size(
     assert not quiet.is_anomalous and quiet.mask_png is None and quiet.area_fraction == 0.0
 
 
-def test_onnxruntime_and_torch_agree(trained_model_path: Path, model: AnomalyModel,
-                                     png_image: Callable[..., bytes]) -> None:
+def test_onnxruntime_and_torch_agree(
+    trained_model_path: Path, model: AnomalyModel, png_image: Callable[..., bytes]
+) -> None:
     eager = AnomalyModel.load(trained_model_path, runtime="torch")
     assert (model.runtime, eager.runtime) == ("onnxruntime", "torch")
     images = [png_image(50_000 + i, defect="scratch" if i % 2 else None) for i in range(4)]
-    np.testing.assert_allclose(_scores(model, images), _scores(eager, images),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(_scores(model, images), _scores(eager, images), rtol=1e-4, atol=1e-4)
 
 
 def test_info_reports_the_training_evaluation(model: AnomalyModel) -> None:
@@ -92,8 +91,7 @@ def test_info_reports_the_training_evaluation(model: AnomalyModel) -> None:
     assert 0.0 <= info.f1 <= 1.0 and info.auroc >= 0.9
 
 
-def test_consistent_but_wrong_tensors_are_refused(trained_model_path: Path,
-                                                  tmp_path: Path) -> None:
+def test_consistent_but_wrong_tensors_are_refused(trained_model_path: Path, tmp_path: Path) -> None:
     art = load_artifact(trained_model_path)
     bad = dict(art.tensors)
     bad["memory_bank"] = torch.zeros(10, 7)  # checksum re-computed, shape wrong

@@ -14,8 +14,9 @@ from vigil_inference.patchcore import (
 
 
 def _tiny_scorer(bank: torch.Tensor) -> PatchCoreScorer:
-    backbone = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4, padding=1),
-                             nn.Conv2d(4, 4, 3, stride=2, padding=1))
+    backbone = nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=4, padding=1), nn.Conv2d(4, 4, 3, stride=2, padding=1)
+    )
     return PatchCoreScorer(PatchEmbedder(backbone, (0, 1)), bank, (64, 64), 2.0).eval()
 
 
