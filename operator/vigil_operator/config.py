@@ -1,0 +1,36 @@
+"""Operator settings, from the environment (the chart sets them) or flags."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    default_image: str = "ghcr.io/vigil-dev/vigil-inference:0.1.0"
+    reconcile_interval_s: float = 10.0  # the timer: zone health, status freshness
+    unschedulable_timeout_s: float = 300.0  # a zone whose units stay Pending this long is unhealthy
+    cluster_domain: str = "cluster.local"
+    metrics_port: int = 8080
+
+    @classmethod
+    def from_env(cls) -> OperatorConfig:
+        d = cls()
+        return cls(
+            default_image=os.environ.get("VIGIL_UNIT_IMAGE", d.default_image),
+            reconcile_interval_s=_float("VIGIL_RECONCILE_INTERVAL", d.reconcile_interval_s),
+            unschedulable_timeout_s=_float(
+                "VIGIL_UNSCHEDULABLE_TIMEOUT", d.unschedulable_timeout_s
+            ),
+            cluster_domain=os.environ.get("VIGIL_CLUSTER_DOMAIN", d.cluster_domain),
+            metrics_port=int(_float("VIGIL_METRICS_PORT", d.metrics_port)),
+        )
