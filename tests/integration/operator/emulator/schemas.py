@@ -1,0 +1,81 @@
+"""CRD structural schemas: pruning, defaulting and OpenAPI validation.
+
+The API server drops fields a CRD's schema does not declare (unless
+``x-kubernetes-preserve-unknown-fields``), fills ``default:`` values, and
+rejects objects that break the schema with a 422. An operator can come to
+rely on all three without noticing, so the emulator does them too.
+CEL rules (``x-kubernetes-validations``) are not evaluated.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+_ALWAYS_KEPT = ("apiVersion", "kind", "metadata")
+
+
+def prune_and_default(schema: dict[str, Any], obj: dict[str, Any]) -> None:
+    _walk(schema, obj, root=True)
+
+
+def _walk(schema: dict[str, Any], value: Any, *, root: bool = False) -> None:
+    if isinstance(value, dict):
+        props: dict[str, Any] = schema.get("properties") or {}
+        for key, sub in props.items():
+            if key not in value and isinstance(sub, dict) and "default" in sub:
+                value[key] = copy.deepcopy(sub["default"])
+        additional = schema.get("additionalProperties")
+        keep_unknown = schema.get("x-kubernetes-preserve-unknown-fields") or additional is True
+        embedded = root or schema.get("x-kubernetes-embedded-resource")
+        for key in list(value):
+            if embedded and key in _ALWAYS_KEPT:
+                continue
+            if key in props:
+                _walk(props[key], value[key])
+            elif isinstance(additional, dict):
+                _walk(additional, value[key])
+            elif not keep_unknown and (props or schema.get("type") == "object"):
+                del value[key]
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for item in value:
+            _walk(schema["items"], item)
+
+
+def _to_json_schema(schema: Any) -> Any:
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key.startswith("x-kubernetes-") or key in ("nullable", "format", "default"):
+            continue
+        if key in ("properties", "patternProperties"):
+            out[key] = {name: _to_json_schema(sub) for name, sub in value.items()}
+        elif key in ("items", "additionalProperties", "not"):
+            out[key] = _to_json_schema(value)
+        elif key in ("allOf", "anyOf", "oneOf"):
+            out[key] = [_to_json_schema(sub) for sub in value]
+        else:
+            out[key] = value
+    if schema.get("x-kubernetes-int-or-string"):
+        out["type"] = ["integer", "string"]
+    if schema.get("nullable") and isinstance(out.get("type"), str):
+        out["type"] = [out["type"], "null"]
+    if schema.get("x-kubernetes-embedded-resource"):
+        out.get("properties", {}).pop("metadata", None)  # the API server checks metadata itself
+    return out
+
+
+def validate(schema: dict[str, Any], obj: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field, message) pairs for what breaks the schema, worded like the API server."""
+    try:
+        import jsonschema
+    except ImportError:  # pragma: no cover - the operator extra brings it
+        return []
+    json_schema = _to_json_schema({**schema, "x-kubernetes-embedded-resource": True})
+    validator = jsonschema.Draft7Validator(json_schema)
+    causes = []
+    for error in sorted(validator.iter_errors(obj), key=lambda e: list(e.absolute_path)):
+        path = ".".join(str(p) for p in error.absolute_path) or "<root>"
+        causes.append((path, f"Invalid value: {error.instance!r}: {error.message}"))
+    return causes
