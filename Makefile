@@ -57,6 +57,7 @@ demo: install
 
 bench: install
 	$(PY) bench/serving.py
+	$(PY) bench/runtimes.py
 	$(PY) bench/accuracy.py
 
 clean:

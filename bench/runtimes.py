@@ -54,8 +54,10 @@ def main() -> int:
         h, w = ort.input_size
         rng = np.random.default_rng(0)
         images = [rng.integers(0, 256, (3, h, w), dtype=np.uint8) for _ in range(args.images)]
-        print(f"cpu threads {torch.get_num_threads()}, memory bank {ort.info.memory_bank_size}, "
-              f"input {h}x{w}")
+        print(
+            f"cpu threads {torch.get_num_threads()}, memory bank {ort.info.memory_bank_size}, "
+            f"input {h}x{w}"
+        )
         print(f"{'batch':>5} {'torch img/s':>12} {'onnxruntime img/s':>18} {'ratio':>6}")
         best = {"torch": 0.0, "ort": 0.0}
         for batch in (1, 4, 8):
@@ -63,8 +65,10 @@ def main() -> int:
             o = throughput(ort, images, batch, args.rounds)
             best["torch"], best["ort"] = max(best["torch"], t), max(best["ort"], o)
             print(f"{batch:5d} {t:12.1f} {o:18.1f} {o / t:6.2f}", flush=True)
-    print(f"summary ort_over_torch={best['ort'] / best['torch']:.2f} "
-          f"torch_images_per_s={best['torch']:.1f} ort_images_per_s={best['ort']:.1f}")
+    print(
+        f"summary ort_over_torch={best['ort'] / best['torch']:.2f} "
+        f"torch_images_per_s={best['torch']:.1f} ort_images_per_s={best['ort']:.1f}"
+    )
     return 0
 
 
