@@ -89,6 +89,29 @@ def unit_deployments(
     return {(namespace or "", labels[MODEL_POD_LABEL]): _slim(body, "metadata", "spec", "status")}
 
 
+@kopf.index("", "v1", "services", labels={**MANAGED, MODEL_POD_LABEL: kopf.PRESENT})
+def unit_services(
+    body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(namespace or "", labels[MODEL_POD_LABEL]): _slim(body, "metadata", "spec")}
+
+
+@kopf.index(
+    "policy", "v1", "poddisruptionbudgets", labels={**MANAGED, MODEL_POD_LABEL: kopf.PRESENT}
+)
+def unit_budgets(
+    body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(namespace or "", labels[MODEL_POD_LABEL]): _slim(body, "metadata", "spec")}
+
+
+CHILD_INDEXES = {
+    "unit_deployments": "Deployment",
+    "unit_services": "Service",
+    "unit_budgets": "PodDisruptionBudget",
+}
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -126,10 +149,15 @@ async def reconcile_model(
             unschedulable_timeout_s=config.unschedulable_timeout_s,
             cluster_domain=config.cluster_domain,
         )
+        cache = {  # the children as the watches last saw them
+            (kind, o["metadata"]["name"]): o
+            for index, kind in CHILD_INDEXES.items()
+            for o in kwargs[index].get(key, [])
+        }
         try:
             for obj in outcome.apply:
                 kopf.adopt(obj, owner=body)  # type: ignore[arg-type]
-                result = await kube.apply(obj)
+                result = await kube.apply(obj, cache.get((obj["kind"], obj["metadata"]["name"])))
                 if result != "unchanged":
                     logger.info("%s %s %s", result, obj["kind"], obj["metadata"]["name"])
             for dep in outcome.delete_deployments:

@@ -56,6 +56,14 @@ async def _json(call: Awaitable[Any]) -> dict[str, Any]:
     return data
 
 
+def _matches(live: Mapping[str, Any], digest: str, desired: Mapping[str, Any]) -> bool:
+    annotations = (live.get("metadata") or {}).get("annotations") or {}
+    if annotations.get(HASH_ANNOTATION) != digest:
+        return False
+    want = (desired.get("spec") or {}).get("replicas")
+    return want is None or (live.get("spec") or {}).get("replicas") == want
+
+
 class Kube:
     """The few API calls the operator makes."""
 
@@ -106,14 +114,20 @@ class Kube:
             )
         raise ValueError(f"the operator does not manage {kind}")
 
-    async def apply(self, obj: Mapping[str, Any]) -> str:
-        """Create or update `obj`; returns "created", "updated", "scaled" or "unchanged"."""
+    async def apply(self, obj: Mapping[str, Any], cached: Mapping[str, Any] | None = None) -> str:
+        """Create or update `obj`; returns "created", "updated", "scaled" or "unchanged".
+
+        `cached` is the object as a watch last saw it: when it already carries
+        what we want, nothing is sent at all (as informer-based controllers do).
+        """
         read, create, replace, patch = self._ops(str(obj["kind"]))
         desired = copy.deepcopy(dict(obj))
         meta = desired["metadata"]
         name, ns = meta["name"], meta["namespace"]
         digest = applied_hash(desired)
         meta.setdefault("annotations", {})[HASH_ANNOTATION] = digest
+        if cached is not None and _matches(cached, digest, desired):
+            return "unchanged"
         for _ in range(_ATTEMPTS):
             try:
                 live = await _json(read(name, ns, _preload_content=False))
@@ -129,10 +143,10 @@ class Kube:
                     raise
             annotations = (live.get("metadata") or {}).get("annotations") or {}
             try:
+                if _matches(live, digest, desired):
+                    return "unchanged"
                 if annotations.get(HASH_ANNOTATION) == digest:
                     want = (desired.get("spec") or {}).get("replicas")
-                    if want is None or (live.get("spec") or {}).get("replicas") == want:
-                        return "unchanged"
                     await _json(
                         patch(
                             name,
