@@ -21,6 +21,9 @@ class OperatorConfig:
     unschedulable_timeout_s: float = 300.0  # a zone whose units stay Pending this long is unhealthy
     cluster_domain: str = "cluster.local"
     metrics_port: int = 8080
+    scrape_interval_s: float = 2.0  # how often units' /metrics are read for autoscaling
+    stable_window_s: float = 60.0  # autoscaler's averaging window
+    panic_window_s: float = 6.0  # autoscaler's short window for saturation
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
@@ -33,4 +36,7 @@ class OperatorConfig:
             ),
             cluster_domain=os.environ.get("VIGIL_CLUSTER_DOMAIN", d.cluster_domain),
             metrics_port=int(_float("VIGIL_METRICS_PORT", d.metrics_port)),
+            scrape_interval_s=_float("VIGIL_SCRAPE_INTERVAL", d.scrape_interval_s),
+            stable_window_s=_float("VIGIL_STABLE_WINDOW", d.stable_window_s),
+            panic_window_s=_float("VIGIL_PANIC_WINDOW", d.panic_window_s),
         )

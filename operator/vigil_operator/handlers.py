@@ -14,15 +14,20 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, cast
 
+import aiohttp
 import kopf
 
 from vigil_operator.config import OperatorConfig
+from vigil_operator.core.autoscaling import PolicyConfig, ScalingState, autoscale
 from vigil_operator.core.manifests import MODEL_LABEL as MODEL_POD_LABEL
 from vigil_operator.core.reconcile import Observed, Outcome, reconcile
+from vigil_operator.core.spec import SpecError, parse_spec
 from vigil_operator.kube import GROUP, PLURAL, VERSION, ConflictError, Kube
 from vigil_operator.metrics import OperatorMetrics
+from vigil_operator.scraper import UnitScraper, pod_ready
 
 CONFIG = OperatorConfig.from_env()
 Logger = logging.Logger | logging.LoggerAdapter[Any]  # what kopf passes
@@ -117,7 +122,13 @@ def _now() -> dt.datetime:
 
 
 async def reconcile_model(
-    namespace: str | None, name: str, memo: kopf.Memo, logger: Logger, kwargs: Mapping[str, Any]
+    namespace: str | None,
+    name: str,
+    memo: kopf.Memo,
+    logger: Logger,
+    kwargs: Mapping[str, Any],
+    desired_units: int | None = None,
+    scaling_reason: str = "",
 ) -> Outcome | None:
     """One idempotent pass for one Model. `kwargs` are the handler's, holding the
     indexes `nodes`, `unit_pods` and `unit_deployments` (kopf passes them by name)."""
@@ -148,6 +159,8 @@ async def reconcile_model(
             default_image=config.default_image,
             unschedulable_timeout_s=config.unschedulable_timeout_s,
             cluster_domain=config.cluster_domain,
+            desired_units=desired_units,
+            scaling_reason=scaling_reason,
         )
         cache = {  # the children as the watches last saw them
             (kind, o["metadata"]["name"]): o
@@ -225,6 +238,63 @@ async def on_unit_change(
     if event.get("type") not in ("MODIFIED", "DELETED") or "kube" not in memo:
         return
     await reconcile_model(namespace, labels[MODEL_POD_LABEL], memo, logger, kwargs)
+
+
+@kopf.daemon(*MODELS, cancellation_timeout=5.0, backoff=RETRY_S)
+async def autoscaler(
+    namespace: str | None,
+    name: str,
+    memo: kopf.Memo,
+    logger: Logger,
+    stopped: kopf.DaemonStopped,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    **kwargs: Any,
+) -> None:
+    """Per Model: scrape its Ready units, run the policy, reconcile on a change.
+
+    `spec` and `status` are kopf's live views, so spec edits reach the next tick.
+    """
+    if namespace is None:
+        return
+    key = (namespace, name)
+    config: OperatorConfig = memo.config
+    metrics: OperatorMetrics = memo.metrics
+    state = ScalingState()
+    async with aiohttp.ClientSession() as session:
+        scraper = UnitScraper(session)
+        while not stopped:
+            try:
+                model = parse_spec(dict(spec))
+            except SpecError:
+                model = None
+            if model is None or not model.running or model.max_units is None:
+                state = ScalingState()  # no autoscaling: minUnits (or 0) rules
+            else:
+                pods = list(kwargs["unit_pods"].get(key, []))
+                ready = sum(pod_ready(p) for p in pods)
+                if state.desired is None:
+                    state = replace(state, desired=int(status.get("desiredUnits") or 0) or None)
+                cfg = PolicyConfig(
+                    metric=model.scaling.metric,
+                    target=model.scaling.target,
+                    min_units=model.min_units,
+                    max_units=model.max_units,
+                    scale_up_stabilization_s=model.scaling.scale_up_stabilization_s,
+                    scale_down_stabilization_s=model.scaling.scale_down_stabilization_s,
+                    stable_window_s=config.stable_window_s,
+                    panic_window_s=config.panic_window_s,
+                )
+                sample = await scraper.sample(pods, cfg.metric)
+                decision, state = autoscale(cfg, state, sample, time.monotonic(), ready)
+                if decision.load is not None:
+                    metrics.models.observe_load(key, cfg.metric, decision.load)
+                if decision.changed:
+                    logger.info("scaling: %s", decision.reason)
+                    await reconcile_model(
+                        namespace, name, memo, logger, kwargs, decision.desired, decision.reason
+                    )
+            await stopped.wait(config.scrape_interval_s)
 
 
 @kopf.on.delete(*MODELS, optional=True)

@@ -1,0 +1,146 @@
+"""The autoscaling policy: a pure function of (context, state) -> (decision, state).
+
+Load is the total over the units that answered the last scrape, in the units
+of `scaling.metric`: busy fraction (utilization), requests/s (rps) or
+in-flight requests (concurrency). For utilization the units report rejected
+work too (requests refused with RESOURCE_EXHAUSTED, valued at the mean busy
+time per request), so an overloaded model shows its real demand, not a
+saturated 100 %: one decision sizes it, where HPA can only grow a saturated
+deployment by its target ratio per sync period.
+
+Decisions, every tick:
+- stable: ceil(mean load over `stable_window_s` / target), held within a
+  10 % tolerance of the current count so that noise never moves it, and
+  held until half a window of history exists (after an operator restart);
+- panic: when the mean over `panic_window_s` exceeds what the ready units can
+  serve at 100 %, scale at once to ceil(panic load / target) and do not scale
+  down for a stable window (as Knative's KPA, but triggered by saturation
+  rather than at 200 % of target);
+- scale-up after `scale_up_stabilization_s` (the lowest recommendation in
+  that window), scale-down after `scale_down_stabilization_s` (the highest),
+  as the HPA's behaviour fields; clamped to [minUnits, maxUnits].
+No sample (no unit answered) is no information: the count is kept.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Final
+
+TOLERANCE: Final = 0.1
+
+
+@dataclass(frozen=True)
+class Sample:
+    t: float  # seconds, the caller's clock
+    load: float  # total over the units that answered
+    units: int  # units that answered (ready and scraped)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    metric: str
+    target: float  # per unit
+    min_units: int
+    max_units: int
+    scale_up_stabilization_s: float = 0.0
+    scale_down_stabilization_s: float = 300.0
+    stable_window_s: float = 60.0
+    panic_window_s: float = 6.0
+
+
+@dataclass(frozen=True)
+class ScalingState:
+    samples: tuple[Sample, ...] = ()
+    recommendations: tuple[tuple[float, int], ...] = ()  # (t, units)
+    panic_until: float = -math.inf
+    desired: int | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    desired: int
+    previous: int
+    reason: str  # in numbers, for the Event
+    panic: bool = False
+    load: float | None = None  # the stable-window mean, for the metric
+    recommendation: int | None = None
+
+    @property
+    def changed(self) -> bool:
+        return self.desired != self.previous
+
+
+def _mean(samples: tuple[Sample, ...], since: float) -> float | None:
+    window = [s.load for s in samples if s.t >= since]
+    return sum(window) / len(window) if window else None
+
+
+def _units(load: float, target: float) -> int:
+    return max(0, math.ceil(load / target - 1e-9))
+
+
+def autoscale(
+    cfg: PolicyConfig, state: ScalingState, sample: Sample | None, now: float, ready: int
+) -> tuple[Decision, ScalingState]:
+    """One tick. `ready` is the number of units in service (capacity now)."""
+    current = state.desired if state.desired is not None else cfg.min_units
+    current = min(max(current, cfg.min_units), cfg.max_units)
+    keep = max(cfg.stable_window_s, cfg.scale_down_stabilization_s, cfg.scale_up_stabilization_s)
+    samples = state.samples + ((sample,) if sample is not None else ())
+    samples = tuple(s for s in samples if s.t > now - cfg.stable_window_s)
+    stable = _mean(samples, now - cfg.stable_window_s)
+    if stable is None:  # nobody answered: no information, keep the count
+        decision = Decision(current, current, "no unit reported load", load=None)
+        return decision, replace(state, samples=samples, desired=current)
+
+    short = _mean(samples, now - cfg.panic_window_s)
+    short = stable if short is None else short
+    # Saturation: the short-window load exceeds the ready units at 100 % busy
+    # (for rps and concurrency: at twice their target, as KPA's threshold).
+    full = 1.0 if cfg.metric == "utilization" else 2.0 * cfg.target
+    saturated = short > max(ready, 1) * full
+    panic_until = now + cfg.stable_window_s if saturated else state.panic_until
+    panic = now < panic_until
+
+    rec = _units(stable, cfg.target)
+    if current > 0 and abs(stable / (current * cfg.target) - 1.0) <= TOLERANCE:
+        rec = current  # within tolerance of the target: hold
+    if now - samples[0].t < cfg.stable_window_s / 2:
+        rec = current  # too little history to average the noise out (after a start)
+    if panic:  # sized from the newest load, so one step reaches it
+        rec = max(rec, current, _units(max(short, samples[-1].load), cfg.target))
+    rec = min(max(rec, cfg.min_units), cfg.max_units)
+
+    kept = tuple((t, n) for t, n in state.recommendations if t > now - keep)
+    recs = (*kept, (now, rec))
+    desired = current
+    if rec > current:
+        window = [n for t, n in recs if t >= now - cfg.scale_up_stabilization_s]
+        desired = max(current, min(window))
+    elif rec < current and not panic:
+        window = [n for t, n in recs if t >= now - cfg.scale_down_stabilization_s]
+        desired = min(current, max(window))
+
+    each = f"{stable / max(ready, 1):.2f} each"
+    if desired > current and panic:
+        reason = (
+            f"{cfg.metric} {short:.2f} over {ready} units exceeds their capacity "
+            f"(target {cfg.target:g} each): {current} -> {desired}"
+        )
+    elif desired > current:
+        reason = (
+            f"{cfg.metric} {stable:.2f} over {ready} units ({each}) > "
+            f"target {cfg.target:g}: {current} -> {desired}"
+        )
+    elif desired < current:
+        reason = (
+            f"{cfg.metric} {stable:.2f} over {ready} units ({each}) < target "
+            f"{cfg.target:g} for {cfg.scale_down_stabilization_s:g}s: {current} -> {desired}"
+        )
+    else:
+        reason = f"{cfg.metric} {stable:.2f} over {ready} units: steady at {current}"
+    decision = Decision(desired, current, reason, panic, stable, rec)
+    new_state = ScalingState(samples, recs, panic_until, desired)
+    return decision, new_state
