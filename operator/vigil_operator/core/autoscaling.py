@@ -13,9 +13,10 @@ Decisions, every tick:
   10 % tolerance of the current count so that noise never moves it, and
   held until half a window of history exists (after an operator restart);
 - panic: when the mean over `panic_window_s` exceeds what the ready units can
-  serve at 100 %, scale at once to ceil(panic load / target) and do not scale
-  down for a stable window (as Knative's KPA, but triggered by saturation
-  rather than at 200 % of target);
+  serve at 100 % (or the newest sample does while that mean is above target),
+  scale at once to ceil(newest load / target) and do not scale down for a
+  stable window (as Knative's KPA, but triggered by saturation rather than
+  at 200 % of target);
 - scale-up after `scale_up_stabilization_s` (the lowest recommendation in
   that window), scale-down after `scale_down_stabilization_s` (the highest),
   as the HPA's behaviour fields; clamped to [minUnits, maxUnits].
@@ -99,8 +100,13 @@ def autoscale(
     short = stable if short is None else short
     # Saturation: the short-window load exceeds the ready units at 100 % busy
     # (for rps and concurrency: at twice their target, as KPA's threshold).
+    # Saturated when the short window says so, or when the newest sample
+    # exceeds capacity while the short window is already above target (a
+    # step seen on its first tick, without waiting for the window to fill).
     full = 1.0 if cfg.metric == "utilization" else 2.0 * cfg.target
-    saturated = short > max(ready, 1) * full
+    capacity = max(ready, 1) * full
+    newest = samples[-1].load if sample is not None else 0.0
+    saturated = short > capacity or (newest > capacity and short > max(ready, 1) * cfg.target)
     panic_until = now + cfg.stable_window_s if saturated else state.panic_until
     panic = now < panic_until
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import replace
 
@@ -71,7 +72,7 @@ def test_rising_load_scales_up_without_overshoot() -> None:
     assert set(loop.run(1.2, 120)) == {2}  # 2 x 0.6: steady
     trace = loop.run(2.1, 120)  # needs ceil(2.1 / 0.6) = 4 units, not saturated (< 2.0? no)
     assert trace[-1] == 4 and max(trace) == 4
-    assert all(b >= a for a, b in zip(trace, trace[1:], strict=False))  # monotonic
+    assert all(b >= a for a, b in itertools.pairwise(trace))  # monotonic
     assert "utilization" in loop.decisions[0].reason and "-> " in loop.decisions[0].reason
 
 
@@ -91,7 +92,7 @@ def test_scale_down_waits_for_the_stabilization_window() -> None:
     first_drop = next(i for i, n in enumerate(trace) if n < 6) * TICK
     assert 298 <= first_drop <= 310
     assert trace[-1] == 1  # ceil(0.5 / 0.6)
-    assert all(b <= a for a, b in zip(trace, trace[1:], strict=False))
+    assert all(b <= a for a, b in itertools.pairwise(trace))
 
 
 def test_scale_up_stabilization_delays_growth() -> None:
@@ -125,10 +126,10 @@ def test_no_report_is_not_zero_load() -> None:
     assert loop.tick(None).reason == "no unit reported load"
 
 
-@pytest.mark.parametrize(("metric", "target", "load", "want"),
-                         [("rps", 10.0, 45.0, 5), ("concurrency", 2.0, 7.0, 4)])
-def test_rps_and_concurrency_targets(metric: str, target: float, load: float,
-                                     want: int) -> None:
+@pytest.mark.parametrize(
+    ("metric", "target", "load", "want"), [("rps", 10.0, 45.0, 5), ("concurrency", 2.0, 7.0, 4)]
+)
+def test_rps_and_concurrency_targets(metric: str, target: float, load: float, want: int) -> None:
     loop = Loop(config(metric=metric, target=target), start=1)
     assert loop.run(load, 120)[-1] == want
 
