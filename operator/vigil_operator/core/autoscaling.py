@@ -110,9 +110,14 @@ def autoscale(
     panic_until = now + cfg.stable_window_s if saturated else state.panic_until
     panic = now < panic_until
 
-    rec = _units(stable, cfg.target)
     if current > 0 and abs(stable / (current * cfg.target) - 1.0) <= TOLERANCE:
         rec = current  # within tolerance of the target: hold
+    elif stable < current * cfg.target:
+        # Scale down to the fewest units within tolerance, so that a load on a
+        # unit boundary does not alternate between two recommendations.
+        rec = _units(stable, cfg.target * (1 + TOLERANCE))
+    else:
+        rec = _units(stable, cfg.target)
     if now - samples[0].t < cfg.stable_window_s / 2:
         rec = current  # too little history to average the noise out (after a start)
     if panic:  # sized from the newest load, so one step reaches it

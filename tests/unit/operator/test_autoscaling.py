@@ -138,3 +138,11 @@ def test_state_is_bounded() -> None:
     loop = Loop(config(), start=2)
     loop.run(1.2, 3600)
     assert len(loop.state.samples) <= 31 and len(loop.state.recommendations) <= 151
+
+
+def test_load_on_a_unit_boundary_settles_once_and_holds() -> None:
+    rng = random.Random(1)
+    loop = Loop(config(), start=5)  # one unit too many for 2.4 (= 4 x 0.6)
+    for _ in range(1800):  # an hour of +-15 % noise
+        loop.tick(2.4 * (1 + rng.gauss(0, 0.15)))
+    assert [(d.previous, d.desired) for d in loop.decisions] == [(5, 4)]
