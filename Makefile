@@ -59,6 +59,8 @@ bench: install
 	$(PY) bench/serving.py
 	$(PY) bench/runtimes.py
 	$(PY) bench/accuracy.py
+	$(PY) bench/autoscaling.py
+	$(PY) bench/operator_scale.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache
