@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -106,7 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # one line for users; tracebacks are for bugs
+    except Exception as exc:  # one line for users; VIGIL_DEBUG=1 for the traceback
+        if os.environ.get("VIGIL_DEBUG"):
+            raise
         print(f"vigil {args.command}: error: {exc}", file=sys.stderr)
         return 1
     return code

@@ -48,6 +48,7 @@ def _detect_one(
     path: str,
     mask_dir: Path | None,
     timeout: float,
+    taken: set[Path] | None = None,
 ) -> dict[str, Any]:
     data = Path(path).read_bytes()
     request = anomaly_pb2.DetectAnomaliesRequest(
@@ -60,6 +61,12 @@ def _detect_one(
     out = result_json(result, path)
     if mask_dir is not None:
         mask_path = mask_dir / f"{Path(path).stem}.mask.png"
+        n = 2
+        while taken is not None and mask_path in taken:  # a/x.png and b/x.png
+            mask_path = mask_dir / f"{Path(path).stem}-{n}.mask.png"
+            n += 1
+        if taken is not None:
+            taken.add(mask_path)
         mask_path.write_bytes(mask)
         out["anomaly_mask"] = str(mask_path)
     return out
@@ -70,11 +77,12 @@ def detect_command(args: argparse.Namespace) -> int:
     if mask_dir is not None:
         mask_dir.mkdir(parents=True, exist_ok=True)
     failed = 0
+    taken: set[Path] = set()
     with grpc.insecure_channel(args.target, options=_CHANNEL_OPTIONS) as channel:
         stub = anomaly_pb2_grpc.AnomalyDetectionStub(channel)  # type: ignore[no-untyped-call]
         for path in args.images:
             try:
-                out = _detect_one(stub, path, mask_dir, args.timeout)
+                out = _detect_one(stub, path, mask_dir, args.timeout, taken)
             except grpc.RpcError as exc:
                 failed += 1
                 code = exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"

@@ -149,6 +149,24 @@ def test_detect_prints_json_lines_and_writes_masks(
     assert unit.metric('vigil_inference_requests_total{code="OK"}') == ok_before + 2
 
 
+def test_same_named_images_get_separate_masks(
+    unit: ServeProcess, tmp_path: Path, png_image: Callable[..., bytes]
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = tmp_path / "a" / "x.png", tmp_path / "b" / "x.png"
+    first.write_bytes(png_image(14))
+    second.write_bytes(png_image(15, defect="blotch"))
+    masks = tmp_path / "masks"
+    run = detect(
+        "--target", f"127.0.0.1:{unit.port}", "--mask-dir", str(masks), str(first), str(second)
+    )
+    assert run.returncode == 0, run.stderr
+    paths = [json.loads(line)["anomaly_mask"] for line in run.stdout.splitlines()]
+    assert paths == [str(masks / "x.mask.png"), str(masks / "x-2.mask.png")]
+    assert all(Path(p).stat().st_size > 0 for p in paths)
+
+
 def test_detect_without_mask_dir_has_no_blob(
     unit: ServeProcess, tmp_path: Path, png_image: Callable[..., bytes]
 ) -> None:
