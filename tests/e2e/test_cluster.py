@@ -52,8 +52,8 @@ async def namespace(api: client.ApiClient) -> AsyncIterator[str]:
     await core.delete_namespace(name)
 
 
-async def wait(check: Any, timeout: float) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait(check: Any, within_s: float) -> Any:
+    deadline = asyncio.get_running_loop().time() + within_s
     while True:
         try:
             result = await check()
