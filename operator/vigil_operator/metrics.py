@@ -16,6 +16,8 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from vigil_operator.core.status import PHASES
+
 ModelKey = tuple[str, str]  # (namespace, name)
 
 
@@ -28,6 +30,7 @@ class ModelSeries:
     zones: dict[str, int] = field(default_factory=dict)  # zone -> units in service
     load: dict[str, float] = field(default_factory=dict)  # metric -> observed total load
     decisions: dict[str, int] = field(default_factory=lambda: {"up": 0, "down": 0})
+    phase: str = ""  # status.phase; "" until the first reconcile
 
 
 class ModelTable(Collector):
@@ -45,6 +48,7 @@ class ModelTable(Collector):
             row.desired = int(status.get("desiredUnits") or 0)
             row.in_service = int(status.get("inServiceUnits") or 0)
             row.min_units, row.max_units = min_units, max_units
+            row.phase = str(status.get("phase") or "")
             row.zones = {
                 str(z["name"]): int(z.get("inServiceUnits") or 0) for z in status.get("zones") or []
             }
@@ -97,6 +101,11 @@ class ModelTable(Collector):
         decisions = CounterMetricFamily(
             "vigil_scaling_decisions", "Changes of desiredUnits.", labels=[*labels, "direction"]
         )
+        phase = GaugeMetricFamily(
+            "vigil_model_phase",
+            "1 for the Model's status.phase, 0 for the other phases.",
+            labels=[*labels, "phase"],
+        )
         with self._lock:
             rows = {k: v for k, v in self._rows.items()}
             for (ns, name), row in rows.items():
@@ -110,7 +119,9 @@ class ModelTable(Collector):
                     load.add_metric([ns, name, metric], value)
                 for direction, n in sorted(row.decisions.items()):
                     decisions.add_metric([ns, name, direction], n)
-        yield from (desired, serving, lo, hi, zone, load, decisions)
+                for p in PHASES:
+                    phase.add_metric([ns, name, p], 1.0 if row.phase == p else 0.0)
+        yield from (desired, serving, lo, hi, zone, load, decisions, phase)
 
 
 class OperatorMetrics:

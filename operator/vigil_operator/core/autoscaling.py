@@ -29,6 +29,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import Final
 
+from .spec import ModelSpec
+
 TOLERANCE: Final = 0.1
 
 
@@ -49,6 +51,25 @@ class PolicyConfig:
     scale_down_stabilization_s: float = 300.0
     stable_window_s: float = 60.0
     panic_window_s: float = 6.0
+
+
+def policy_for(
+    spec: ModelSpec, *, stable_window_s: float, panic_window_s: float
+) -> PolicyConfig | None:
+    """The policy's settings for a Model, or None when it does not autoscale
+    (Stopped, or no maxUnits: minUnits rules). The windows are the shell's."""
+    if not spec.running or spec.max_units is None:
+        return None
+    return PolicyConfig(
+        metric=spec.scaling.metric,
+        target=spec.scaling.target,
+        min_units=spec.min_units,
+        max_units=spec.max_units,
+        scale_up_stabilization_s=spec.scaling.scale_up_stabilization_s,
+        scale_down_stabilization_s=spec.scaling.scale_down_stabilization_s,
+        stable_window_s=stable_window_s,
+        panic_window_s=panic_window_s,
+    )
 
 
 @dataclass(frozen=True)

@@ -188,19 +188,26 @@ async def test_load_scales_up_within_bounds_and_back_down(
         assert any("utilization" in m and "-> 4" in m for m in events), events
 
         url = f"http://127.0.0.1:{port}/metrics"
-        text = await asyncio.to_thread(lambda: urllib.request.urlopen(url).read().decode())
-        up = next(
-            line
-            for line in text.splitlines()
-            if line.startswith("vigil_scaling_decisions_total{") and 'direction="up"' in line
-        )
-        assert float(up.split()[-1]) >= 1
-        load = next(
-            line
-            for line in text.splitlines()
-            if line.startswith("vigil_model_observed_load{") and "utilization" in line
-        )
-        assert 1.0 < float(load.split()[-1]) < 3.0  # the 2.1 demand, window-averaged
+
+        async def published() -> bool:
+            text = await asyncio.to_thread(lambda: urllib.request.urlopen(url).read().decode())
+            lines = text.splitlines()
+            up = next(
+                line
+                for line in lines
+                if line.startswith("vigil_scaling_decisions_total{") and 'direction="up"' in line
+            )
+            assert float(up.split()[-1]) >= 1
+            load = next(
+                line
+                for line in lines
+                if line.startswith("vigil_model_observed_load{") and "utilization" in line
+            )
+            # the 2.1 demand, once the averaging window has filled with it
+            assert 1.0 < float(load.split()[-1]) < 3.0, load
+            return True
+
+        await kube.wait_for(published, timeout=20, interval=0.5)
 
         units.demand = 0.0  # idle: back to the floor after the shortened window
         await kube.wait_for(at(1), timeout=40, interval=0.2)

@@ -1,0 +1,300 @@
+"""The operator's RBAC in the chart grants exactly what the operator's code
+calls: nothing missing (it would fail with 403 in a cluster), nothing extra
+(least privilege).
+
+What the code needs is derived from the code itself, not from a list kept
+beside it: kopf's registry (every resource a handler or index watches, and
+which of them kopf patches for finalizers and progress), kopf's own
+resources (CRDs it scans, events it posts, namespaces it follows when
+watching given namespaces), the Kubernetes client methods the operator's
+modules reference (their HTTP method and path read from the client's
+source), and `kopf.adopt` (owner references with blockOwnerDeletion, which
+needs update on the owner's finalizers). tests/integration/observability
+also checks every call the real operator made against an API server.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pytest
+from kopf._cogs.structs import references
+from kubernetes_asyncio import client
+
+from tests.tools import ROOT
+from tests.unit.chart.conftest import ALL_ON, NAMESPACE, Render, find
+
+Permission = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
+PACKAGE = ROOT / "operator" / "vigil_operator"
+CLUSTER_SCOPED = {
+    ("", "nodes"),
+    ("", "namespaces"),
+    ("apiextensions.k8s.io", "customresourcedefinitions"),
+}
+HTTP_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
+def _selector(sel: Any) -> tuple[str, str]:
+    plural = sel.plural or sel.any_name
+    assert isinstance(plural, str) and plural, f"kopf selector without a plural: {sel!r}"
+    return (sel.group or "", plural)
+
+
+def kopf_permissions(namespaced: bool) -> set[Permission]:
+    """What kopf does for the handlers vigil_operator.handlers registers."""
+    importlib.import_module("vigil_operator.handlers")
+    registry = kopf.get_default_registry()
+    out: set[Permission] = set()
+    watched = [
+        *registry._indexing.get_all_handlers(),
+        *registry._watching.get_all_handlers(),
+        *registry._spawning.get_all_handlers(),
+        *registry._changing.get_all_handlers(),
+    ]
+    assert watched, "no kopf handlers registered"
+    for handler in watched:
+        group, plural = _selector(handler.selector)
+        out |= {(group, plural, "list"), (group, plural, "watch")}
+    # Change handlers, timers and daemons keep state on the object itself:
+    # finalizers and the vigil.dev/ progress annotations, by PATCH.
+    for handler in [*registry._spawning.get_all_handlers(), *registry._changing.get_all_handlers()]:
+        group, plural = _selector(handler.selector)
+        out.add((group, plural, "patch"))
+    crds = _selector(references.CRDS)
+    out |= {(*crds, "list"), (*crds, "watch")}
+    out.add((*_selector(references.EVENTS), "create"))  # kopf.event() and posted warnings
+    if namespaced:  # kopf follows the namespaces it was given
+        namespaces = _selector(references.NAMESPACES)
+        out |= {(*namespaces, "list"), (*namespaces, "watch")}
+    return out
+
+
+def _modules() -> Iterator[tuple[Path, ast.Module]]:
+    for path in sorted(PACKAGE.rglob("*.py")):
+        yield path, ast.parse(path.read_text(), str(path))
+
+
+def _api_classes(trees: Iterable[ast.Module]) -> list[type]:
+    """The client API classes the operator instantiates (client.AppsV1Api(...))."""
+    names = {
+        node.func.attr
+        for tree in trees
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr.endswith("Api")
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "client"
+    }
+    assert names, "the operator instantiates no Kubernetes API class"
+    return [getattr(client, n) for n in sorted(names)]
+
+
+def _endpoint(cls: type, method: str) -> tuple[str, str] | None:
+    """(HTTP method, path) of a generated client method, from its source."""
+    impl = getattr(cls, f"{method}_with_http_info", None)
+    if impl is None:
+        return None
+    source = inspect.getsource(impl)
+    paths = re.findall(r"'(/apis?/[^']*)'", source)
+    verbs = re.findall(r"'(GET|PUT|POST|PATCH|DELETE)'", source)
+    assert len(set(paths)) == 1 and len(set(verbs)) == 1, f"cannot read {cls.__name__}.{method}"
+    return verbs[0], paths[0]
+
+
+def _constant(path: Path, node: ast.expr) -> str:
+    """A module-level constant passed to a client call (GROUP, PLURAL)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    assert isinstance(node, ast.Name), f"{path}: a non-constant group or plural"
+    module = importlib.import_module(
+        "vigil_operator." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+    )
+    value = getattr(module, node.id)
+    assert isinstance(value, str)
+    return value
+
+
+def _permission(verb: str, url: str, args: dict[str, str]) -> Permission:
+    parts = url.strip("/").split("/")
+    if parts[0] == "api":  # /api/v1/...
+        group, rest = "", parts[2:]
+    else:  # /apis/GROUP/VERSION/...
+        group, rest = parts[1], parts[3:]
+    if rest[:2] == ["namespaces", "{namespace}"]:
+        rest = rest[2:]
+    resource, named, sub = rest[0], len(rest) > 1, rest[2:]
+    group, resource = args.get(group, group), args.get(resource, resource)
+    k8s_verb = ("get" if named else "list") if verb == "GET" else HTTP_VERBS[verb]
+    return (group, "/".join([resource, *sub]), k8s_verb)
+
+
+def client_permissions() -> set[Permission]:
+    """Every Kubernetes API method the operator's modules reference."""
+    modules = list(_modules())
+    classes = _api_classes(tree for _, tree in modules)
+    out: set[Permission] = set()
+    for path, tree in modules:
+        calls = {id(n.func): n for n in ast.walk(tree) if isinstance(n, ast.Call)}
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Attribute):
+                continue
+            for cls in classes:
+                found = _endpoint(cls, node.attr)
+                if found is None:
+                    continue
+                verb, url = found
+                args: dict[str, str] = {}
+                call = calls.get(id(node))
+                if "{group}" in url or "{plural}" in url:
+                    assert call is not None, f"{path}: {node.attr} passed around uncalled"
+                    params = list(inspect.signature(getattr(cls, node.attr)).parameters)[1:]
+                    for param, arg in zip(params, call.args, strict=False):
+                        if param in ("group", "plural"):
+                            args["{" + param + "}"] = _constant(path, arg)
+                out.add(_permission(verb, url, args))
+    return out
+
+
+def adoption_permissions() -> set[Permission]:
+    """kopf.adopt() marks children with blockOwnerDeletion; the API server then
+    wants update on the owner's finalizers (OwnerReferencesPermissionEnforcement)."""
+    adopts = any(
+        isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and n.func.attr == "adopt"
+        and isinstance(n.func.value, ast.Name)
+        and n.func.value.id == "kopf"
+        for _, tree in _modules()
+        for n in ast.walk(tree)
+    )
+    if not adopts:
+        return set()
+    owner = {
+        "apiVersion": "vigil.dev/v1alpha1",
+        "kind": "Model",
+        "metadata": {"name": "m", "namespace": "n", "uid": "u"},
+    }
+    child: dict[str, Any] = {"metadata": {}}
+    kopf.adopt(child, owner=owner)  # type: ignore[arg-type]
+    (ref,) = child["metadata"]["ownerReferences"]
+    assert ref["blockOwnerDeletion"] is True
+    from vigil_operator.handlers import MODELS
+
+    return {(MODELS[0], f"{MODELS[2]}/finalizers", "update")}
+
+
+def needed(namespaced: bool) -> set[Permission]:
+    return kopf_permissions(namespaced) | client_permissions() | adoption_permissions()
+
+
+def granted(docs: list[dict[str, Any]], account: str) -> dict[str, set[Permission]]:
+    """Permissions bound to ServiceAccount `account`, by where they apply:
+    "*" (cluster-wide) or a namespace."""
+    roles = {d["metadata"]["name"]: d for d in find(docs, "ClusterRole")}
+    out: dict[str, set[Permission]] = {}
+    for binding in [*find(docs, "ClusterRoleBinding"), *find(docs, "RoleBinding")]:
+        subjects = binding.get("subjects") or []
+        if not any(
+            s["kind"] == "ServiceAccount" and s["name"] == account and s["namespace"] == NAMESPACE
+            for s in subjects
+        ):
+            continue
+        assert binding["roleRef"]["kind"] == "ClusterRole"
+        role = roles[binding["roleRef"]["name"]]
+        scope = (
+            binding["metadata"].get("namespace", "*") if binding["kind"] == "RoleBinding" else "*"
+        )
+        perms = out.setdefault(scope, set())
+        for rule in role["rules"]:
+            assert "resourceNames" not in rule and "nonResourceURLs" not in rule
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    for verb in rule["verbs"]:
+                        assert "*" not in (group, resource, verb), f"wildcard in {rule}"
+                        perms.add((group, resource, verb))
+    return out
+
+
+def _show(perms: set[Permission]) -> str:
+    return "\n".join(f"  {g or 'core'} {r} {v}" for g, r, v in sorted(perms)) or "  (none)"
+
+
+def test_the_code_needs_what_a_kopf_operator_of_deployments_needs() -> None:
+    """A sanity check of the derivation itself, so that a broken scan cannot
+    make the comparison below vacuous."""
+    perms = needed(namespaced=False)
+    for expected in [
+        ("vigil.dev", "models", "watch"),
+        ("vigil.dev", "models", "patch"),
+        ("vigil.dev", "models", "get"),
+        ("vigil.dev", "models/status", "patch"),
+        ("apps", "deployments", "create"),
+        ("apps", "deployments", "update"),
+        ("apps", "deployments", "delete"),
+        ("policy", "poddisruptionbudgets", "get"),
+        ("", "pods", "watch"),
+        ("", "events", "create"),
+    ]:
+        assert expected in perms
+
+
+def test_cluster_wide_rbac_is_exactly_what_the_operator_calls(render: Render) -> None:
+    bound = granted(render(), "vigil")
+    assert set(bound) == {"*"}, "cluster-wide: ClusterRoleBindings only"
+    want, have = needed(namespaced=False), bound["*"]
+    assert have == want, f"missing:\n{_show(want - have)}\nextra:\n{_show(have - want)}"
+
+
+def test_namespaced_rbac_grants_namespaced_calls_only_in_watched_namespaces(
+    render: Render,
+) -> None:
+    bound = granted(render(ALL_ON), "vigil")
+    want = needed(namespaced=True)
+    cluster = {p for p in want if (p[0], p[1]) in CLUSTER_SCOPED}
+    assert set(bound) == {"*", "factory", "lab"}
+    assert bound["*"] == cluster, (
+        f"missing:\n{_show(cluster - bound['*'])}\nextra:\n{_show(bound['*'] - cluster)}"
+    )
+    for namespace in ("factory", "lab"):
+        have, ns_want = bound[namespace], want - cluster
+        assert have == ns_want, (
+            f"{namespace} missing:\n{_show(ns_want - have)}\nextra:\n{_show(have - ns_want)}"
+        )
+
+
+def test_user_roles_are_aggregated_and_not_bound_to_the_operator(render: Render) -> None:
+    docs = render()
+    users = [
+        d
+        for d in find(docs, "ClusterRole")
+        if d["metadata"]["name"] in ("vigil-view", "vigil-edit")
+    ]
+    assert len(users) == 2
+    labels = {d["metadata"]["name"]: d["metadata"]["labels"] for d in users}
+    assert labels["vigil-view"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert labels["vigil-edit"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    bound = {
+        b["roleRef"]["name"]
+        for b in [*find(docs, "ClusterRoleBinding"), *find(docs, "RoleBinding")]
+    }
+    assert not bound & {"vigil-view", "vigil-edit"}
+    assert not any(
+        d["metadata"]["name"].endswith(("-view", "-edit"))
+        for d in find(render({"rbac": {"aggregateClusterRoles": False}}), "ClusterRole")
+    )
+
+
+@pytest.mark.parametrize("values", [{"rbac": {"create": False}}], ids=["rbac.create=false"])
+def test_rbac_can_be_left_to_the_cluster_admin(render: Render, values: dict[str, Any]) -> None:
+    docs = render(values)
+    assert not [
+        d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding", "RoleBinding")
+    ]
