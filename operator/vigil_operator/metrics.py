@@ -27,7 +27,8 @@ class ModelSeries:
     in_service: int = 0
     min_units: int = 0
     max_units: int = 0
-    zones: dict[str, int] = field(default_factory=dict)  # zone -> units in service
+    zones: dict[str, tuple[int, int, bool]] = field(default_factory=dict)
+    # zone -> (units in service, units desired, healthy)
     load: dict[str, float] = field(default_factory=dict)  # metric -> observed total load
     decisions: dict[str, int] = field(default_factory=lambda: {"up": 0, "down": 0})
     phase: str = ""  # status.phase; "" until the first reconcile
@@ -50,7 +51,12 @@ class ModelTable(Collector):
             row.min_units, row.max_units = min_units, max_units
             row.phase = str(status.get("phase") or "")
             row.zones = {
-                str(z["name"]): int(z.get("inServiceUnits") or 0) for z in status.get("zones") or []
+                str(z["name"]): (
+                    int(z.get("inServiceUnits") or 0),
+                    int(z.get("desiredUnits") or 0),
+                    bool(z.get("healthy", True)),
+                )
+                for z in status.get("zones") or []
             }
 
     def observe_load(self, key: ModelKey, metric: str, value: float) -> None:
@@ -101,6 +107,16 @@ class ModelTable(Collector):
         decisions = CounterMetricFamily(
             "vigil_scaling_decisions", "Changes of desiredUnits.", labels=[*labels, "direction"]
         )
+        zone_desired = GaugeMetricFamily(
+            "vigil_zone_desired_inference_units",
+            "Inference units placed in each zone (0 in an unhealthy zone).",
+            labels=[*labels, "zone"],
+        )
+        zone_healthy = GaugeMetricFamily(
+            "vigil_zone_healthy",
+            "1 while the zone has a Ready eligible node and no units stuck unschedulable.",
+            labels=[*labels, "zone"],
+        )
         phase = GaugeMetricFamily(
             "vigil_model_phase",
             "1 for the Model's status.phase, 0 for the other phases.",
@@ -113,15 +129,28 @@ class ModelTable(Collector):
                 serving.add_metric([ns, name], row.in_service)
                 lo.add_metric([ns, name], row.min_units)
                 hi.add_metric([ns, name], row.max_units)
-                for z, n in sorted(row.zones.items()):
+                for z, (n, want, healthy) in sorted(row.zones.items()):
                     zone.add_metric([ns, name, z], n)
+                    zone_desired.add_metric([ns, name, z], want)
+                    zone_healthy.add_metric([ns, name, z], 1.0 if healthy else 0.0)
                 for metric, value in row.load.items():
                     load.add_metric([ns, name, metric], value)
                 for direction, n in sorted(row.decisions.items()):
                     decisions.add_metric([ns, name, direction], n)
                 for p in PHASES:
                     phase.add_metric([ns, name, p], 1.0 if row.phase == p else 0.0)
-        yield from (desired, serving, lo, hi, zone, load, decisions, phase)
+        yield from (
+            desired,
+            serving,
+            lo,
+            hi,
+            zone,
+            zone_desired,
+            zone_healthy,
+            load,
+            decisions,
+            phase,
+        )
 
 
 class OperatorMetrics:

@@ -36,3 +36,25 @@ def test_a_status_without_phase_reports_no_phase_and_a_deleted_model_none() -> N
 
     metrics.models.forget(KEY)
     assert phases(metrics.registry) == dict.fromkeys(PHASES, None)
+
+
+def test_zone_series_follow_the_status_zones() -> None:
+    metrics = OperatorMetrics(CollectorRegistry())
+    status = {
+        "zones": [
+            {"name": "zone-a", "desiredUnits": 2, "inServiceUnits": 1, "healthy": True},
+            {"name": "zone-c", "desiredUnits": 0, "inServiceUnits": 0, "healthy": False},
+        ]
+    }
+    metrics.models.update(KEY, status, 2, 4)
+
+    def sample(name: str, zone: str) -> float | None:
+        labels = {"namespace": KEY[0], "model": KEY[1], "zone": zone}
+        return metrics.registry.get_sample_value(name, labels)
+
+    assert sample("vigil_zone_desired_inference_units", "zone-a") == 2
+    assert sample("vigil_zone_in_service_inference_units", "zone-a") == 1
+    assert sample("vigil_zone_healthy", "zone-a") == 1
+    assert sample("vigil_zone_healthy", "zone-c") == 0
+    metrics.models.update(KEY, {"zones": status["zones"][:1]}, 2, 4)
+    assert sample("vigil_zone_healthy", "zone-c") is None  # a zone that left the status
