@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 def _float(name: str, default: float) -> float:
@@ -12,6 +14,24 @@ def _float(name: str, default: float) -> float:
         return float(raw) if raw else default
     except ValueError:
         raise ValueError(f"{name}={raw!r} is not a number") from None
+
+
+def _resources(name: str) -> dict[str, dict[str, str]] | None:
+    """JSON like {"requests": {"cpu": "1"}, "limits": {"memory": "4Gi"}}."""
+    raw = os.environ.get(name, "")
+    if not raw:
+        return None
+    try:
+        value: Any = json.loads(raw)
+        out = {
+            kind: {str(k): str(v) for k, v in (value.get(kind) or {}).items()}
+            for kind in ("requests", "limits")
+        }
+    except (ValueError, AttributeError):
+        raise ValueError(
+            f'{name} must be JSON like {{"requests": {{"cpu": "1"}}}}, got {raw!r}'
+        ) from None
+    return out
 
 
 @dataclass(frozen=True)
@@ -24,6 +44,8 @@ class OperatorConfig:
     scrape_interval_s: float = 2.0  # how often units' /metrics are read for autoscaling
     stable_window_s: float = 60.0  # autoscaler's averaging window
     panic_window_s: float = 6.0  # autoscaler's short window for saturation
+    # units' requests/limits for resources a Model does not name (None: the core's)
+    default_resources: dict[str, dict[str, str]] | None = field(default=None)
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
@@ -39,4 +61,5 @@ class OperatorConfig:
             scrape_interval_s=_float("VIGIL_SCRAPE_INTERVAL", d.scrape_interval_s),
             stable_window_s=_float("VIGIL_STABLE_WINDOW", d.stable_window_s),
             panic_window_s=_float("VIGIL_PANIC_WINDOW", d.panic_window_s),
+            default_resources=_resources("VIGIL_UNIT_RESOURCES"),
         )

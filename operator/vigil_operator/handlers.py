@@ -159,6 +159,7 @@ async def reconcile_model(
             default_image=config.default_image,
             unschedulable_timeout_s=config.unschedulable_timeout_s,
             cluster_domain=config.cluster_domain,
+            default_resources=config.default_resources,
             desired_units=desired_units,
             scaling_reason=scaling_reason,
         )

@@ -111,14 +111,22 @@ def model_path(artifact: Artifact) -> str:
     return f"{MODEL_DIR}/model.vigil"
 
 
-def unit_resources(spec: ModelSpec) -> dict[str, dict[str, str]]:
-    """The Model's requests and limits over the defaults, plus the GPUs as a limit."""
+Defaults = Mapping[str, Mapping[str, str]]  # {"requests": {...}, "limits": {...}}
+
+
+def unit_resources(spec: ModelSpec, defaults: Defaults | None = None) -> dict[str, dict[str, str]]:
+    """The Model's requests and limits over the operator's defaults, plus the GPUs
+    as a limit. A default applies to a resource the Model names in neither its
+    requests nor its limits, so a default can never contradict what it gives."""
     given = spec.unit.resources
     requests = dict(given.get("requests", {}))
     limits = dict(given.get("limits", {}))
-    for resource, quantity in DEFAULT_REQUESTS.items():
-        if resource not in requests and resource not in limits:
-            requests[resource] = quantity
+    named = set(requests) | set(limits)
+    defaults = {"requests": DEFAULT_REQUESTS} if defaults is None else defaults
+    for kind, target in (("requests", requests), ("limits", limits)):
+        for resource, quantity in (defaults.get(kind) or {}).items():
+            if resource not in named:
+                target[resource] = str(quantity)
     if spec.unit.gpus > 0:
         limits[GPU_RESOURCE] = str(spec.unit.gpus)
     out = {"requests": requests}
@@ -171,7 +179,13 @@ def _artifact_delivery(
 
 
 def unit_deployment(
-    name: str, namespace: str, zone: str, replicas: int, spec: ModelSpec, default_image: str
+    name: str,
+    namespace: str,
+    zone: str,
+    replicas: int,
+    spec: ModelSpec,
+    default_image: str,
+    default_resources: Defaults | None = None,
 ) -> dict[str, Any]:
     """The Deployment running Model `name`'s units in `zone`.
 
@@ -207,7 +221,7 @@ def unit_deployment(
             {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
             {"name": "VIGIL_ZONE", "value": zone},
         ],
-        "resources": unit_resources(spec),
+        "resources": unit_resources(spec, default_resources),
         "volumeMounts": [*mounts, {"name": "tmp", "mountPath": "/tmp"}],
         # Loading and warming a model can take minutes on a cold GPU node.
         "startupProbe": _grpc_probe(period=5, failures=120, timeout=3),

@@ -80,6 +80,7 @@ def reconcile(
     scaling_reason: str = "",
     unschedulable_timeout_s: float = UNSCHEDULABLE_TIMEOUT_S,
     cluster_domain: str = "cluster.local",
+    default_resources: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Outcome:
     """Decide everything for one Model `body` (as the API returns it).
 
@@ -122,7 +123,7 @@ def reconcile(
     plan = plan_replicas(target, replicas, ready, floor=desired)
 
     apply = [
-        unit_deployment(name, namespace, zone, plan[zone], spec, default_image)
+        unit_deployment(name, namespace, zone, plan[zone], spec, default_image, default_resources)
         for zone in sorted(plan)
         if zone in target or plan[zone] > 0
     ]

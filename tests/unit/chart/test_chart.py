@@ -381,3 +381,35 @@ def test_service_monitor_scrapes_the_operator_metrics_service(render: Render, he
         check=False,
     )
     assert refused.returncode != 0 and "needs metrics.service.enabled" in refused.stderr
+
+
+def test_unit_default_resources_reach_the_units_the_operator_builds(
+    render: Render, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """values.unit.resources -> VIGIL_UNIT_RESOURCES -> the operator's config -> the
+    unit Deployment, for the resources a Model leaves unnamed."""
+    from vigil_operator.config import OperatorConfig
+
+    values = {
+        "unit": {
+            "resources": {"requests": {"cpu": "2", "memory": "6Gi"}, "limits": {"memory": "8Gi"}}
+        }
+    }
+    deployment = one(render(values), "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    monkeypatch.setenv("VIGIL_UNIT_RESOURCES", env["VIGIL_UNIT_RESOURCES"])
+    config = OperatorConfig.from_env()
+    model = parse_spec(
+        {
+            "artifact": {"uri": "file:///m.vigil"},
+            "minUnits": 1,
+            "unit": {"gpus": 1, "resources": {"requests": {"cpu": "4"}}},
+        }
+    )
+    unit = manifests.unit_deployment(
+        "pcb", "factory", "zone-a", 1, model, "img", config.default_resources
+    )
+    resources = unit["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources["requests"] == {"cpu": "4", "memory": "6Gi"}  # the Model's cpu wins
+    assert resources["limits"] == {"memory": "8Gi", manifests.GPU_RESOURCE: "1"}

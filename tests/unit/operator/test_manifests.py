@@ -22,6 +22,7 @@ from vigil_operator.core.manifests import (
     pod_disruption_budget,
     service,
     unit_deployment,
+    unit_resources,
     zone_slug,
 )
 from vigil_operator.core.spec import ModelSpec, parse_spec
@@ -291,3 +292,29 @@ def test_owner_reference_and_endpoint() -> None:
     assert endpoint("pcb-inspector", "factory") == (
         "dns:///pcb-inspector.factory.svc.cluster.local:50051"
     )
+
+
+def test_default_resources_fill_only_what_the_model_leaves_unnamed() -> None:
+    from vigil_operator.core.spec import parse_spec
+
+    spec = parse_spec(
+        {
+            "artifact": {"uri": "file:///m.vigil"},
+            "minUnits": 1,
+            "unit": {"gpus": 0, "resources": {"limits": {"memory": "3Gi"}}},
+        }
+    )
+    defaults = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}}
+    got = unit_resources(spec, defaults)
+    # memory is named by the Model (a limit): no default request or limit for it,
+    # which could otherwise exceed the limit it set
+    assert got == {"requests": {"cpu": "1"}, "limits": {"memory": "3Gi"}}
+    assert unit_resources(spec, {}) == {"requests": {}, "limits": {"memory": "3Gi"}}
+
+
+def test_bad_default_resources_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vigil_operator.config import OperatorConfig
+
+    monkeypatch.setenv("VIGIL_UNIT_RESOURCES", "cpu=1")
+    with pytest.raises(ValueError, match="VIGIL_UNIT_RESOURCES must be JSON"):
+        OperatorConfig.from_env()
