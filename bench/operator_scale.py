@@ -64,7 +64,12 @@ def model(i: int) -> dict[str, object]:
 
 async def run(n: int, interval: float, steady_s: float, workdir: Path) -> dict[str, float]:
     async with KubeEmulator(pod_start_delay=0.5).serve() as kube:
-        kube.add_zones(("zone-a", "zone-b", "zone-c"), nodes_per_zone=4, gpus=0)
+        # Room for every unit (500m CPU, 1Gi each by default) even when the operator puts
+        # both units of every Model in the same two zones: 16-CPU nodes hold 384 units in all,
+        # 128 per zone, so 200 Models x 2 units could never all be Ready.
+        kube.add_zones(
+            ("zone-a", "zone-b", "zone-c"), nodes_per_zone=4, gpus=0, cpu="64", memory="256Gi"
+        )
         kube.create_namespace(NAMESPACE)
         kubeconfig = kube.write_kubeconfig(workdir / "kubeconfig", namespace=NAMESPACE)
         port = free_port()
@@ -124,6 +129,7 @@ async def run(n: int, interval: float, steady_s: float, workdir: Path) -> dict[s
         "ramp_reconciles_per_s": ramp / hosted_s,
         "steady_reconciles_per_s": steady,
         "requests_per_model": calls / n,
+        "steady_requests_per_s": steady_requests,
         "peak_rss_mb": rss,
         "ready_pods": pods,
     }

@@ -1,9 +1,15 @@
 """A small control plane: the controllers an operator of Deployments relies on.
 
-One background loop re-runs every controller whenever the store changes (or a
-timer is due). Each controller is a synchronous pass over the store, so a pass
-sees one consistent state, and writes only what differs (no-op writes would
-bump resourceVersions and wake every watcher for nothing).
+One background loop runs the controllers whenever the store changes (or a
+timer is due). Each controller is a synchronous pass, so a pass sees one
+consistent state, and writes only what differs (no-op writes would bump
+resourceVersions and wake every watcher for nothing).
+
+The passes are incremental, like the real controllers' work queues: every
+committed change marks what it can affect (its owners and dependents for the
+GC, the owning Deployment, the pod for the kubelet, the budgets selecting it,
+the pods of a changed node, ...), and a pass visits only those. A full pass
+runs at start, on :meth:`Controllers.poke` and when a timer is due.
 
 - garbage collector: owner references, Background / Foreground / Orphan;
 - namespace controller: empties a terminating namespace, then removes it;
@@ -21,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import functools
 import hashlib
 import heapq
@@ -34,9 +39,10 @@ from fractions import Fraction
 from typing import Any
 
 from . import errors, scheduling, selectors
-from .store import NAME_CHARS, DeleteOptions, ObjectStore, now_iso, terminating
+from .store import NAME_CHARS, Change, DeleteOptions, ObjectStore, clone, now_iso, terminating
 
 Obj = dict[str, Any]
+Key = tuple[str, str]  # (namespace, name) of a namespaced object
 PodStartHook = Callable[[Obj], Awaitable[str | None] | str | None]
 PodStopHook = Callable[[Obj], Awaitable[None] | None]
 ErrorSink = Callable[[BaseException], None]
@@ -112,6 +118,14 @@ def owned_by(obj: Obj, uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or [])
 
 
+def _owner_refs(obj: Obj, old: Obj | None) -> list[Obj]:
+    """The owner references of an object's new and previous versions."""
+    refs: list[Obj] = list(obj["metadata"].get("ownerReferences") or ())
+    if old is not None:
+        refs += old.get("metadata", {}).get("ownerReferences") or ()
+    return refs
+
+
 def _creation_key(obj: Obj) -> tuple[str, str]:
     return (obj["metadata"].get("creationTimestamp", ""), obj["metadata"]["name"])
 
@@ -146,6 +160,7 @@ class Controllers:
         self._dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._timers: list[float] = []
+        self._timer_set: set[float] = set()
         self._starting: dict[str, asyncio.Task[None]] = {}
         self._running: dict[str, PodRuntime] = {}
         self._failed: set[str] = set()
@@ -154,6 +169,27 @@ class Controllers:
         self._node_down_since: dict[str, float] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._ip_counter = 1
+        # Work queues (ordered sets) filled by _on_change; each controller drains its own.
+        self._resync = True  # a full pass: at start, on poke(), when a timer is due
+        self._gc_queue: dict[str, None] = {}  # uids
+        self._namespace_queue: dict[str, None] = {}
+        self._deployment_queue: dict[Key, None] = {}
+        self._kubelet_queue: dict[Key, None] = {}
+        self._node_queue: dict[str, None] = {}
+        self._node_pod_queue: dict[Key, None] = {}  # pods on NotReady nodes
+        self._pdb_queue: dict[Key, None] = {}
+        self._schedule = False  # pending pods, or what they could fit into, changed
+        # Indexes kept from the changes.
+        self._pending: dict[Key, None] = {}  # pods waiting for the default scheduler
+        self._pod_node: dict[Key, str] = {}  # bound pods -> node name
+        self._on_node: dict[str, dict[Key, None]] = {}  # node name -> bound pods
+        self._pod_load: dict[Key, tuple[str, dict[str, Fraction]]] = {}  # counted requests
+        self._pdb_index: dict[
+            Key, tuple[tuple[str, tuple[str, str] | None], list[selectors.Requirement] | None]
+        ] = {}
+        self._pdbs_by_label: dict[tuple[str, tuple[str, str] | None], dict[Key, None]] = {}
+        self._selectors: dict[str, tuple[Any, list[selectors.Requirement]]] = {}
+        self._hashes: dict[str, tuple[Any, str]] = {}  # deployment uid -> (template, hash)
         types = store.catalog.types
         self.pods = types[("", "v1", "pods")]
         self.nodes = types[("", "v1", "nodes")]
@@ -181,37 +217,155 @@ class Controllers:
             await asyncio.gather(*self._background, return_exceptions=True)
 
     def poke(self) -> None:
+        """Run a full pass of every controller soon."""
+        self._resync = True
         self._dirty.set()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             self._dirty.clear()
+            now = loop.time()
+            if self._timers and self._timers[0] <= now:
+                self._resync = True  # what a timer waits for is re-checked by a full pass
+                while self._timers and self._timers[0] <= now:
+                    self._timer_set.discard(heapq.heappop(self._timers))
             try:
                 self.reconcile()
             except Exception as e:
+                self._resync = True  # the queues it drained may hold unfinished work
                 self.on_error(e)
             now = loop.time()
-            while self._timers and self._timers[0] <= now:
-                heapq.heappop(self._timers)
-            timeout = self._timers[0] - now if self._timers else None
+            timeout = max(0.0, self._timers[0] - now) if self._timers else None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), timeout)
 
     def _wake_at(self, when: float) -> None:
-        heapq.heappush(self._timers, when)
+        if when not in self._timer_set:
+            self._timer_set.add(when)
+            heapq.heappush(self._timers, when)
 
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
 
-    def _on_change(self, change: Any) -> None:
+    def _on_change(self, change: Change) -> None:
+        """Queue what a committed change can affect, for each controller."""
         self._dirty.set()
-        if change.type == "DELETED" and change.rt.key == self.pods.key:
-            uid = change.obj["metadata"]["uid"]
+        rt_key, obj, old = change.rt.key, change.obj, change.old
+        md = obj["metadata"]
+        deleted = change.type == "DELETED"
+        namespace, name, uid = md.get("namespace"), md["name"], md.get("uid", "")
+        # GC: the object as a dependent and as an owner; its owners (a foreground
+        # deletion waits for it); its dependents (an owner gone or going).
+        self._gc_queue[uid] = None
+        for ref in _owner_refs(obj, old):
+            self._gc_queue[ref.get("uid", "")] = None
+        if deleted or terminating(obj):
+            for _, dependent in self.store.dependents(uid):
+                self._gc_queue[dependent["metadata"]["uid"]] = None
+        if rt_key == self.namespaces.key:
+            self._namespace_queue[name] = None
+        elif namespace and change.rt.namespaced:
+            ns = self.store.peek(self.namespaces, None, namespace)
+            if ns is not None and terminating(ns):
+                self._namespace_queue[namespace] = None
+        if rt_key == self.pods.key:
+            self._pod_changed(change, (namespace, name))
+        elif rt_key == self.deployments.key:
+            self._deployment_queue[(namespace, name)] = None
+        elif rt_key == self.nodes.key:
+            self._node_queue[name] = None
+            self._kubelet_queue.update(self._on_node.get(name, {}))
+            self._schedule = True
+        elif rt_key == self.pdbs.key:
+            self._index_pdb((namespace, name), None if deleted else obj)
+            if not deleted:
+                self._pdb_queue[(namespace, name)] = None
+        if deleted:
+            self._hashes.pop(uid, None)
+            self._selectors.pop(uid, None)
+        if deleted and rt_key == self.pods.key:
             self._stop_pod(uid)  # a start in progress re-checks the pod when its hook returns
             self._failed.discard(uid)
             self._held_unready.discard(uid)
             self._terminating_since.pop(uid, None)
+
+    def _pod_changed(self, change: Change, key: Key) -> None:
+        obj, old = change.obj, change.old
+        deleted = change.type == "DELETED"
+        spec = obj.get("spec") or {}
+        md = obj["metadata"]
+        # The owning Deployment.
+        for ref in _owner_refs(obj, old):
+            owner = self.store.by_uid(ref.get("uid", ""))
+            if owner is not None and owner[0].key == self.deployments.key:
+                omd = owner[1]["metadata"]
+                self._deployment_queue[(omd["namespace"], omd["name"])] = None
+        # The scheduler: pending pods, and the load on each node.
+        if (
+            not deleted
+            and not spec.get("nodeName")
+            and not terminating(obj)
+            and spec.get("schedulerName") in (None, "default-scheduler")
+        ):
+            self._pending[key] = None
+            self._schedule = True  # new, or changed (tolerations, a test's patch): try again
+        else:
+            self._pending.pop(key, None)
+        node_name = None if deleted else spec.get("nodeName") or None
+        before = self._pod_node.get(key)
+        if before != node_name:
+            if before is not None:
+                self._on_node.get(before, {}).pop(key, None)
+                del self._pod_node[key]
+            if node_name is not None:
+                self._on_node.setdefault(node_name, {})[key] = None
+                self._pod_node[key] = node_name
+        counted = node_name is not None and (obj.get("status") or {}).get("phase") not in (
+            "Succeeded",
+            "Failed",
+        )
+        if counted:
+            assert node_name is not None
+            load = self._pod_load.get(key)
+            if load is None or load[0] != node_name:
+                self._pod_load[key] = (node_name, scheduling.pod_requests(obj))
+                self._schedule = True
+        elif self._pod_load.pop(key, None) is not None:
+            self._schedule = True
+        # The kubelet and the node lifecycle controller.
+        if node_name is not None or before is not None:
+            self._kubelet_queue[key] = None
+        if node_name is not None and not deleted:
+            self._node_pod_queue[key] = None
+        # Disruption budgets selecting the pod, before or after.
+        namespace = md.get("namespace") or ""
+        for labels in (selectors.labels_of(obj), selectors.labels_of(old or {})):
+            for bucket in (None, *labels.items()):
+                for pdb_key in self._pdbs_by_label.get((namespace, bucket), ()):
+                    reqs = self._pdb_index[pdb_key][1]
+                    if reqs is None or selectors.matches(reqs, labels):
+                        self._pdb_queue[pdb_key] = None
+
+    def _index_pdb(self, key: Key, pdb: Obj | None) -> None:
+        """File a budget under one pair of its matchLabels, so a pod finds its budgets fast."""
+        previous = self._pdb_index.pop(key, None)
+        if previous is not None:
+            bucket = self._pdbs_by_label.get(previous[0], {})
+            bucket.pop(key, None)
+        selector = None if pdb is None else (pdb.get("spec") or {}).get("selector")
+        if selector is None:
+            return  # selects no pods
+        reqs: list[selectors.Requirement] | None
+        try:
+            reqs = selectors.selector_from_object(selector)
+        except selectors.SelectorError:
+            reqs = None  # re-checked on every pod change, to report the error as before
+        match_labels = selector.get("matchLabels") or {} if reqs is not None else {}
+        pair = next(iter(sorted(match_labels.items())), None)
+        index_key = (key[0], (pair[0], str(pair[1])) if pair else None)
+        self._pdb_index[key] = (index_key, reqs)
+        self._pdbs_by_label.setdefault(index_key, {})[key] = None
 
     def _graceful(self, rt: Any, obj: Obj) -> bool:
         """Bound pods terminate through the kubelet; namespaces through their controller."""
@@ -224,15 +378,20 @@ class Controllers:
             return False
         return self.pod_termination_delay > 0 or not scheduling.node_ready(node)
 
-    def reconcile(self) -> None:
-        """One pass of every controller, in dependency order."""
-        self._node_lifecycle()
-        self._garbage_collector()
-        self._namespace_controller()
-        self._deployment_controller()
-        self._scheduler()
-        self._kubelet()
-        self._disruption_controller()
+    def reconcile(self, *, full: bool = False) -> None:
+        """One pass of every controller, in dependency order, over what changed.
+
+        ``full`` (or a pending :meth:`poke`, or a due timer): over everything.
+        """
+        full = full or self._resync
+        self._resync = False
+        self._node_lifecycle(full)
+        self._garbage_collector(full)
+        self._namespace_controller(full)
+        self._deployment_controller(full)
+        self._scheduler(full)
+        self._kubelet(full)
+        self._disruption_controller(full)
 
     # --- helpers ---
 
@@ -286,17 +445,18 @@ class Controllers:
 
     # --- garbage collector ---
 
-    def _garbage_collector(self) -> None:
-        live = {obj["metadata"]["uid"]: (rt, obj) for rt, obj in self.store.iter_all()}
-        dependents: dict[str, list[tuple[Any, Obj]]] = {}
-        for rt, obj in live.values():
-            for ref in obj["metadata"].get("ownerReferences") or []:
-                dependents.setdefault(ref.get("uid", ""), []).append((rt, obj))
-        for rt, obj in live.values():
+    def _garbage_collector(self, full: bool) -> None:
+        if full:
+            self._gc_queue.clear()
+            live = [(rt, obj) for rt, obj in self.store.iter_all()]
+        else:
+            uids, self._gc_queue = self._gc_queue, {}
+            live = [found for uid in uids if (found := self.store.by_uid(uid)) is not None]
+        for rt, obj in live:
             refs = obj["metadata"].get("ownerReferences") or []
             if not refs or terminating(obj):
                 continue
-            owners = [live.get(ref.get("uid", "")) for ref in refs]
+            owners = [self.store.by_uid(ref.get("uid", "")) for ref in refs]
             if all(owner is None for owner in owners) or any(
                 owner is not None
                 and terminating(owner[1])
@@ -304,36 +464,29 @@ class Controllers:
                 for owner in owners
             ):
                 self._delete(rt, obj)
-        for uid, (rt, obj) in live.items():
+        for rt, obj in live:
             finalizers = obj["metadata"].get("finalizers") or []
             if not terminating(obj):
                 continue
+            uid = obj["metadata"]["uid"]
             if "orphan" in finalizers:
-                for drt, dep in dependents.get(uid, []):
+                for drt, dep in self.store.dependents(uid):
                     self._update(drt, dep, functools.partial(_drop_owner, uid=uid), "main")
                 self._update(rt, obj, lambda o: _drop_finalizer(o, "orphan"), "main")
-            elif "foregroundDeletion" in finalizers and not any(
-                self._exists(drt, dep) for drt, dep in dependents.get(uid, [])
-            ):
+            elif "foregroundDeletion" in finalizers and not self.store.dependents(uid):
                 self._update(rt, obj, lambda o: _drop_finalizer(o, "foregroundDeletion"), "main")
-
-    def _exists(self, rt: Any, obj: Obj) -> bool:
-        md = obj["metadata"]
-        current = self.store.peek(rt, md.get("namespace"), md["name"])
-        return current is not None and current["metadata"]["uid"] == md["uid"]
 
     # --- namespace controller ---
 
-    def _namespace_controller(self) -> None:
-        for ns in list(self.store.iter(self.namespaces)):
-            if not terminating(ns):
+    def _namespace_controller(self, full: bool) -> None:
+        names, self._namespace_queue = self._namespace_queue, {}
+        if full:
+            names = {ns["metadata"]["name"]: None for ns in self.store.iter(self.namespaces)}
+        for name in names:
+            ns = self.store.peek(self.namespaces, None, name)
+            if ns is None or not terminating(ns):
                 continue
-            name = ns["metadata"]["name"]
-            content = [
-                (rt, obj)
-                for rt, obj in self.store.iter_all()
-                if rt.namespaced and obj["metadata"].get("namespace") == name
-            ]
+            content = list(self.store.in_namespace(name))
             for rt, obj in content:
                 if not terminating(obj):
                     self._delete(rt, obj)
@@ -342,22 +495,40 @@ class Controllers:
 
     # --- deployment controller ---
 
-    def _deployment_controller(self) -> None:
-        for deploy in list(self.store.iter(self.deployments)):
-            if terminating(deploy):
+    def _deployment_controller(self, full: bool) -> None:
+        keys, self._deployment_queue = self._deployment_queue, {}
+        if full:
+            keys = {
+                (d["metadata"]["namespace"], d["metadata"]["name"]): None
+                for d in self.store.iter(self.deployments)
+            }
+        for namespace, name in keys:
+            deploy = self.store.peek(self.deployments, namespace, name)
+            if deploy is None or terminating(deploy):
                 continue
             self._reconcile_deployment(deploy)
 
     def _owned_pods(self, deploy: Obj) -> list[Obj]:
         md = deploy["metadata"]
         return [
-            pod for pod in self.store.iter(self.pods, md["namespace"]) if owned_by(pod, md["uid"])
+            pod
+            for rt, pod in self.store.dependents(md["uid"])
+            if rt.key == self.pods.key and pod["metadata"].get("namespace") == md["namespace"]
         ]
+
+    def _template_hash(self, deploy: Obj) -> str:
+        """``template_hash`` of the pod template, computed once per template version."""
+        template = deploy["spec"].get("template") or {}
+        uid = deploy["metadata"]["uid"]
+        cached = self._hashes.get(uid)
+        if cached is None or (cached[0] is not template and cached[0] != template):
+            cached = self._hashes[uid] = (template, template_hash(template))
+        return cached[1]
 
     def _reconcile_deployment(self, deploy: Obj) -> None:
         spec = deploy["spec"]
         replicas = int(spec.get("replicas", 1))
-        thash = template_hash(spec.get("template") or {})
+        thash = self._template_hash(deploy)
 
         def split() -> tuple[list[Obj], list[Obj]]:
             active = [
@@ -405,7 +576,7 @@ class Controllers:
             for pod in _deletion_order(pods)[: len(pods) - replicas]:
                 self._delete(self.pods, pod)
         for _ in range(replicas - len(pods)):
-            template = copy.deepcopy(deploy["spec"].get("template") or {})
+            template = clone(deploy["spec"].get("template") or {})
             tmeta = template.get("metadata") or {}
             labels = dict(tmeta.get("labels") or {}, **{"pod-template-hash": thash})
             pod_meta: Obj = {
@@ -489,28 +660,30 @@ class Controllers:
                 lastUpdateTime=now_iso(),
             )
 
-        probe = copy.deepcopy(deploy)
+        probe = {**deploy, "status": clone(deploy.get("status") or {})}
         mutate(probe)
         if _without_times(probe.get("status")) != _without_times(deploy.get("status")):
             self._update(self.deployments, deploy, mutate, "status")
 
     # --- scheduler ---
 
-    def _scheduler(self) -> None:
+    def _scheduler(self, full: bool) -> None:
+        if not (full or self._schedule):
+            return
+        self._schedule = False
+        pending = [
+            pod
+            for namespace, name in list(self._pending)
+            if (pod := self.store.peek(self.pods, namespace, name)) is not None
+        ]
+        if not pending:
+            return
         nodes = sorted(self.store.iter(self.nodes), key=lambda n: n["metadata"]["name"])
         used: dict[str, dict[str, Fraction]] = {n["metadata"]["name"]: {} for n in nodes}
-        pending = []
-        for pod in self.store.iter(self.pods):
-            node_name = pod["spec"].get("nodeName")
-            if not node_name:
-                if not terminating(pod) and pod["spec"].get("schedulerName") in (
-                    None,
-                    "default-scheduler",
-                ):
-                    pending.append(pod)
-            elif node_name in used and pod["status"].get("phase") not in ("Succeeded", "Failed"):
+        for node_name, requests in self._pod_load.values():
+            if node_name in used:
                 totals = used[node_name]
-                for name, quantity in scheduling.pod_requests(pod).items():
+                for name, quantity in requests.items():
                     totals[name] = totals.get(name, Fraction(0)) + quantity
                 totals["pods"] = totals.get("pods", Fraction(0)) + 1
         for pod in sorted(pending, key=_creation_key):
@@ -571,41 +744,44 @@ class Controllers:
 
     # --- kubelet ---
 
-    def _kubelet(self) -> None:
+    def _kubelet(self, full: bool) -> None:
         now = self._now()
-        for pod in list(self.store.iter(self.pods)):
-            node_name = pod["spec"].get("nodeName")
-            if not node_name:
-                continue
-            md = pod["metadata"]
-            uid = md["uid"]
-            node = self.store.peek(self.nodes, None, node_name)
-            if node is None:  # the pod garbage collector's job: its node is gone
-                self.store.remove(self.pods, md["namespace"], md["name"])
-                continue
-            node_ok = scheduling.node_ready(node)
-            if terminating(pod):
-                if node_ok and pod_ready(pod):
-                    self._update(
-                        self.pods, pod, lambda o: pod_condition(o, "Ready", "False"), "status"
-                    )
-                if node_ok:
-                    since = self._terminating_since.setdefault(uid, now)
-                    due = since + self.pod_termination_delay
-                    if now >= due:
-                        self.store.finish_deletion(self.pods, md["namespace"], md["name"])
-                    else:
-                        self._wake_at(due)
-                continue
-            if not node_ok or uid in self._failed:
-                continue
-            if uid in self._running:
-                if not pod_ready(pod) and uid not in self._held_unready:
-                    self._update(self.pods, pod, _mark_ready, "status")
-            elif uid not in self._starting:
-                self._starting[uid] = asyncio.create_task(
-                    self._start_pod(uid, md["namespace"], md["name"]), name=f"start {md['name']}"
-                )
+        keys, self._kubelet_queue = self._kubelet_queue, {}
+        if full:
+            keys = dict.fromkeys(self._pod_node)
+        for namespace, name in keys:
+            pod = self.store.peek(self.pods, namespace, name)
+            if pod is not None and pod["spec"].get("nodeName"):
+                self._kubelet_pod(pod, now)
+
+    def _kubelet_pod(self, pod: Obj, now: float) -> None:
+        md = pod["metadata"]
+        uid = md["uid"]
+        node = self.store.peek(self.nodes, None, pod["spec"]["nodeName"])
+        if node is None:  # the pod garbage collector's job: its node is gone
+            self.store.remove(self.pods, md["namespace"], md["name"])
+            return
+        node_ok = scheduling.node_ready(node)
+        if terminating(pod):
+            if node_ok and pod_ready(pod):
+                self._update(self.pods, pod, lambda o: pod_condition(o, "Ready", "False"), "status")
+            if node_ok:
+                since = self._terminating_since.setdefault(uid, now)
+                due = since + self.pod_termination_delay
+                if now >= due:
+                    self.store.finish_deletion(self.pods, md["namespace"], md["name"])
+                else:
+                    self._wake_at(due)
+            return
+        if not node_ok or uid in self._failed:
+            return
+        if uid in self._running:
+            if not pod_ready(pod) and uid not in self._held_unready:
+                self._update(self.pods, pod, _mark_ready, "status")
+        elif uid not in self._starting:
+            self._starting[uid] = asyncio.create_task(
+                self._start_pod(uid, md["namespace"], md["name"]), name=f"start {md['name']}"
+            )
 
     def _current_pod(self, uid: str, namespace: str, name: str) -> Obj | None:
         pod = self.store.peek(self.pods, namespace, name)
@@ -622,9 +798,9 @@ class Controllers:
                 return
             ip: str | None = None
             if self.pod_started is not None:
-                result = self.pod_started(copy.deepcopy(pod))
+                result = self.pod_started(clone(pod))
                 ip = await result if inspect.isawaitable(result) else result
-            self._running[uid] = PodRuntime(ip or self._allocate_ip(), copy.deepcopy(pod))
+            self._running[uid] = PodRuntime(ip or self._allocate_ip(), clone(pod))
             pod = self._current_pod(uid, namespace, name)
             if pod is None:
                 self._stop_pod(uid)
@@ -678,57 +854,86 @@ class Controllers:
 
     def hold_unready(self, uid: str, held: bool) -> None:
         (self._held_unready.add if held else self._held_unready.discard)(uid)
-        self.poke()
+        found = self.store.by_uid(uid)
+        if found is None or found[0].key != self.pods.key:
+            return
+        md = found[1]["metadata"]
+        self._kubelet_queue[(md["namespace"], md["name"])] = None
+        self._dirty.set()
 
     # --- node lifecycle ---
 
-    def _node_lifecycle(self) -> None:
+    def _node_lifecycle(self, full: bool) -> None:
         now = self._now()
-        for node in list(self.store.iter(self.nodes)):
-            name = node["metadata"]["name"]
-            status = scheduling.condition_status(node, "Ready")
-            ready = status == "True"
-            key = None
-            if not ready:
-                key = (
-                    scheduling.UNREACHABLE_TAINT
-                    if status in (None, "Unknown")
-                    else scheduling.NOT_READY_TAINT
-                )
+        names, self._node_queue = self._node_queue, {}
+        pod_keys, self._node_pod_queue = self._node_pod_queue, {}
+        if full:
+            names = {n["metadata"]["name"]: None for n in self.store.iter(self.nodes)}
+        for name in names:
+            node = self.store.peek(self.nodes, None, name)
+            if node is None:
+                continue
+            key = self._condition_taint(node)
             self._ensure_condition_taints(node, key)
-            if ready:
+            if key is None:
                 self._node_down_since.pop(name, None)
                 continue
-            since = self._node_down_since.setdefault(name, now)
-            taint = {"key": key, "effect": "NoExecute"}
-            for pod in list(self.store.iter(self.pods)):
-                if pod["spec"].get("nodeName") != name or terminating(pod):
-                    continue
-                if scheduling.condition_status(pod, "Ready") != "False":
-                    self._update(
-                        self.pods,
-                        pod,
-                        lambda o: pod_condition(
-                            o, "Ready", "False", "NodeNotReady", "Node is not ready"
-                        ),
-                        "status",
-                    )
-                delay = self._eviction_delay(pod, taint)
-                if delay is None:
-                    continue
-                if now >= since + delay:
-                    md = pod["metadata"]
-                    self.event(
-                        self.pods,
-                        pod,
-                        "Normal",
-                        "TaintManagerEviction",
-                        f"Marking for deletion Pod {md['namespace']}/{md['name']}",
-                        "taint-eviction-controller",
-                    )
-                    self._delete(self.pods, pod)
-                else:
-                    self._wake_at(since + delay)
+            self._node_down_since.setdefault(name, now)
+            for namespace, pod_name in list(self._on_node.get(name, {})):
+                pod = self.store.peek(self.pods, namespace, pod_name)
+                if pod is not None:
+                    self._node_not_ready_pod(pod, name, key, now)
+        # Pods that changed on a NotReady node whose own state did not change.
+        for namespace, pod_name in pod_keys:
+            pod = self.store.peek(self.pods, namespace, pod_name)
+            node_name = pod["spec"].get("nodeName") if pod is not None else None
+            if pod is None or not node_name or node_name in names:
+                continue
+            node = self.store.peek(self.nodes, None, node_name)
+            if node is not None and (key := self._condition_taint(node)) is not None:
+                self._node_not_ready_pod(pod, node_name, key, now)
+
+    @staticmethod
+    def _condition_taint(node: Obj) -> str | None:
+        """The taint a node's Ready condition calls for: None when Ready."""
+        status = scheduling.condition_status(node, "Ready")
+        if status == "True":
+            return None
+        return (
+            scheduling.UNREACHABLE_TAINT
+            if status in (None, "Unknown")
+            else scheduling.NOT_READY_TAINT
+        )
+
+    def _node_not_ready_pod(self, pod: Obj, node_name: str, key: str, now: float) -> None:
+        """A pod of a NotReady node: not Ready at once, evicted after the delay."""
+        if pod["spec"].get("nodeName") != node_name or terminating(pod):
+            return
+        since = self._node_down_since.setdefault(node_name, now)
+        taint = {"key": key, "effect": "NoExecute"}
+        if scheduling.condition_status(pod, "Ready") != "False":
+            self._update(
+                self.pods,
+                pod,
+                lambda o: pod_condition(o, "Ready", "False", "NodeNotReady", "Node is not ready"),
+                "status",
+            )
+        delay = self._eviction_delay(pod, taint)
+        if delay is None:
+            return
+        if now >= since + delay:
+            md = pod["metadata"]
+            self.event(
+                self.pods,
+                pod,
+                "Normal",
+                "TaintManagerEviction",
+                f"Marking for deletion Pod {md['namespace']}/{md['name']}",
+                "taint-eviction-controller",
+            )
+            self._delete(self.pods, pod)
+        else:
+            self._wake_at(since + delay)
 
     def _eviction_delay(self, pod: Obj, taint: Obj) -> float | None:
         """When a pod leaves a NotReady node: its toleration's seconds, else the default."""
@@ -764,8 +969,17 @@ class Controllers:
 
     # --- disruption controller ---
 
-    def _disruption_controller(self) -> None:
-        for pdb in list(self.store.iter(self.pdbs)):
+    def _disruption_controller(self, full: bool) -> None:
+        keys, self._pdb_queue = self._pdb_queue, {}
+        if full:
+            keys = {
+                (p["metadata"]["namespace"], p["metadata"]["name"]): None
+                for p in self.store.iter(self.pdbs)
+            }
+        for namespace, name in keys:
+            pdb = self.store.peek(self.pdbs, namespace, name)
+            if pdb is None:
+                continue
             status = self.pdb_status(pdb)
             if _without_times(status) != _without_times(pdb.get("status")):
                 self._update(
@@ -776,12 +990,12 @@ class Controllers:
         selector = pdb.get("spec", {}).get("selector")
         if selector is None:
             return []
-        reqs = selectors.selector_from_object(selector)
-        return [
-            pod
-            for pod in self.store.iter(self.pods, pdb["metadata"]["namespace"])
-            if not terminating(pod) and selectors.matches(reqs, selectors.labels_of(pod))
-        ]
+        uid = pdb["metadata"]["uid"]
+        cached = self._selectors.get(uid)
+        if cached is None or (cached[0] is not selector and cached[0] != selector):
+            cached = self._selectors[uid] = (selector, selectors.selector_from_object(selector))
+        pods = self.store.find(self.pods, pdb["metadata"]["namespace"], cached[1])
+        return [pod for pod in pods if not terminating(pod)]
 
     def pdb_status(self, pdb: Obj) -> Obj:
         spec = pdb.get("spec", {})
@@ -797,7 +1011,7 @@ class Controllers:
             desired = expected
         desired = max(0, desired)
         allowed = max(0, healthy - desired)
-        old_conditions = copy.deepcopy((pdb.get("status") or {}).get("conditions") or [])
+        old_conditions = clone((pdb.get("status") or {}).get("conditions") or [])
         status: Obj = {
             "observedGeneration": pdb["metadata"].get("generation", 1),
             "expectedPods": expected,

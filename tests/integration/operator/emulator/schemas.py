@@ -10,9 +10,11 @@ CEL rules (``x-kubernetes-validations``) are not evaluated.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 _ALWAYS_KEPT = ("apiVersion", "kind", "metadata")
+Validator = Callable[[dict[str, Any]], list[tuple[str, str]]]
 
 
 def prune_and_default(schema: dict[str, Any], obj: dict[str, Any]) -> None:
@@ -68,14 +70,23 @@ def _to_json_schema(schema: Any) -> Any:
 
 def validate(schema: dict[str, Any], obj: dict[str, Any]) -> list[tuple[str, str]]:
     """(field, message) pairs for what breaks the schema, worded like the API server."""
+    return compile_validator(schema)(obj)
+
+
+def compile_validator(schema: dict[str, Any]) -> Validator:
+    """:func:`validate` for one schema, converted once (callers cache it per schema)."""
     try:
         import jsonschema
     except ImportError:  # pragma: no cover - the operator extra brings it
-        return []
+        return lambda obj: []
     json_schema = _to_json_schema({**schema, "x-kubernetes-embedded-resource": True})
     validator = jsonschema.Draft7Validator(json_schema)
-    causes = []
-    for error in sorted(validator.iter_errors(obj), key=lambda e: list(e.absolute_path)):
-        path = ".".join(str(p) for p in error.absolute_path) or "<root>"
-        causes.append((path, f"Invalid value: {error.instance!r}: {error.message}"))
-    return causes
+
+    def check(obj: dict[str, Any]) -> list[tuple[str, str]]:
+        causes = []
+        for error in sorted(validator.iter_errors(obj), key=lambda e: list(e.absolute_path)):
+            path = ".".join(str(p) for p in error.absolute_path) or "<root>"
+            causes.append((path, f"Invalid value: {error.instance!r}: {error.message}"))
+        return causes
+
+    return check

@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import copy
 import inspect
 import json
+import time
 import traceback
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -35,7 +35,7 @@ from kmock._internal import apps, rendering
 from . import errors, patches, selectors
 from .controllers import Controllers, PodStartHook, PodStopHook, pod_condition, set_condition
 from .resources import ResourceType, model_crd
-from .store import DeleteOptions, Obj, ObjectStore, now_iso, terminating
+from .store import DeleteOptions, Obj, ObjectStore, clone, now_iso, terminating
 
 T = TypeVar("T")
 ZONE_LABEL = "topology.kubernetes.io/zone"
@@ -181,6 +181,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
     internal_errors: list[BaseException] = attrs.field(init=False, factory=list)
     _changed: asyncio.Event = attrs.field(init=False, factory=asyncio.Event)
     _closing: bool = attrs.field(init=False, default=False)
+    _kmock_resources: dict[tuple[str, str, str], kmock.resource] = attrs.field(
+        init=False, factory=dict
+    )
 
     def __attrs_post_init__(self) -> None:
         # Deliberately not kmock's: its fallback reactions would serve its own state.
@@ -307,11 +310,18 @@ class KubeEmulator(kmock.KubernetesEmulator):
             text=body.decode("utf-8", errors="replace"),
             data=data,
             action=_ACTIONS.get(verb),
-            resource=kmock.resource(route.group, route.version, route.plural) if route else None,
+            resource=self._kmock_resource(route) if route else None,
             namespace=route.namespace if route else None,
             name=route.name if route else None,
             subresource=route.subresource if route else None,
         )
+
+    def _kmock_resource(self, route: Route) -> kmock.resource:
+        key = (route.group, route.version, route.plural)
+        found = self._kmock_resources.get(key)
+        if found is None:  # building one is slow (protocol checks): once per resource
+            found = self._kmock_resources[key] = kmock.resource(*key)
+        return found
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         raw = request._raw_request
@@ -470,7 +480,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 return await self._watch(raw, rt, ns, labels, fields, record)
             if name is None:
                 return _json(self._list(rt, ns, labels, fields, query))
-            obj = self.store.get(rt, ns, name)
+            obj = self.store.read(rt, ns, name)
             return _json(self._scale_of(obj) if sub == "scale" else obj)
         if method == "POST":
             if name is None and sub is None:
@@ -677,7 +687,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
     def _bind(self, namespace: str, name: str, body: Obj) -> Obj:
         target = (body.get("target") or {}).get("name")
         pods = self.controllers.pods
-        pod = self.store.get(pods, namespace, name)
+        pod = self.store.read(pods, namespace, name)
         if pod["spec"].get("nodeName"):
             raise errors.conflict(
                 pods, name, f"pod {name} is already assigned to node {pod['spec']['nodeName']}"
@@ -720,7 +730,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
     def get_object(self, resource: str, name: str, namespace: str | None = None) -> Obj | None:
         """The current object (a copy), or None."""
         obj = self.store.peek(self.resource_type(resource), namespace, name)
-        return copy.deepcopy(obj) if obj is not None else None
+        return clone(obj) if obj is not None else None
 
     def list_objects(
         self,
@@ -817,7 +827,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
     def create_object(self, resource: str, body: Obj, namespace: str | None = None) -> Obj:
         rt = self.resource_type(resource)
         ns = namespace or body.get("metadata", {}).get("namespace") if rt.namespaced else None
-        return self.store.create(rt, ns, body)
+        return clone(self.store.create(rt, ns, body))
 
     def patch_object(
         self,
@@ -830,12 +840,14 @@ class KubeEmulator(kmock.KubernetesEmulator):
     ) -> Obj:
         """A merge patch (``None`` deletes a key); ``subresource="status"`` for status."""
         rt = self.resource_type(resource)
-        return self.store.update(
-            rt,
-            namespace,
-            name,
-            lambda current: patches.merge_patch(current, patch),
-            scope=subresource or "main",
+        return clone(
+            self.store.update(
+                rt,
+                namespace,
+                name,
+                lambda current: patches.merge_patch(current, patch),
+                scope=subresource or "main",
+            )
         )
 
     def delete_object(
@@ -846,8 +858,10 @@ class KubeEmulator(kmock.KubernetesEmulator):
         *,
         propagation: str = "Background",
     ) -> Obj:
-        return self.store.delete(
-            self.resource_type(resource), namespace, name, DeleteOptions(propagation)
+        return clone(
+            self.store.delete(
+                self.resource_type(resource), namespace, name, DeleteOptions(propagation)
+            )
         )
 
     def create_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> Obj:
@@ -1001,19 +1015,28 @@ class KubeEmulator(kmock.KubernetesEmulator):
         """Poll ``predicate`` (sync or async) until truthy; re-check at once on any change.
 
         An AssertionError inside counts as "not yet"; the last one is reported
-        on timeout, so predicates can be written as plain asserts.
+        on timeout, so predicates can be written as plain asserts. A predicate
+        that is costly to run (listing hundreds of objects) is re-checked at
+        most every 4x its own run time on changes, so it cannot take more than
+        a fifth of the event loop from the emulator; cheap ones are unaffected.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         last: AssertionError | None = None
         while True:
             self._changed.clear()
+            began = time.perf_counter()
+            result: Any = None
             try:
                 result = predicate()
+            except AssertionError as e:
+                last = e
+            spent = time.perf_counter() - began  # the synchronous part blocks the loop
+            try:
                 if inspect.isawaitable(result):
                     result = await result
                 if result:
-                    return result
+                    return result  # type: ignore[no-any-return]
             except AssertionError as e:
                 last = e
             remaining = deadline - loop.time()
@@ -1021,8 +1044,13 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 what = message or getattr(predicate, "__name__", repr(predicate))
                 detail = f"; last assertion: {last}" if last else ""
                 raise TimeoutError(f"timed out after {timeout}s waiting for {what}{detail}")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(interval, remaining))
+            pause = min(4 * spent, interval, remaining)
+            if pause >= 0.001:
+                await asyncio.sleep(pause)
+            if not self._changed.is_set():
+                with contextlib.suppress(TimeoutError):
+                    wait = max(0.0, min(interval, remaining) - pause)
+                    await asyncio.wait_for(self._changed.wait(), wait)
 
     def count(
         self,

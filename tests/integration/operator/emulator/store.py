@@ -9,6 +9,12 @@ tests keep kmock's ``emulator.objects[...]`` assertions and per-object history
 (a soft-deleted object ends its history with ``None``, as with kmock's own
 emulator). That array is a record for assertions: writing to it directly
 bypasses the store, which serves from its own index of live objects.
+
+Scale: reads go through indexes kept on every commit (live objects per
+resource and namespace, per uid, dependents per owner uid, and per label
+pair), watch fan-out only visits the watches of the changed resource, and
+stored objects are never mutated in place (a write stores a new dict), so
+copies are made only where an object leaves the store.
 """
 
 from __future__ import annotations
@@ -16,13 +22,15 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime
+import itertools
+import marshal
 import random
 import re
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import kmock
 
@@ -30,6 +38,7 @@ from . import errors, kinds, schemas, selectors
 from .resources import Catalog, ResourceType, crd_resource_types
 
 Obj = dict[str, Any]
+_T = TypeVar("_T")
 NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"  # what the API server's generateName uses
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -44,6 +53,18 @@ _SERVER_META = (
     "deletionGracePeriodSeconds",
     "resourceVersion",
 )
+
+
+def clone(value: _T) -> _T:
+    """A deep copy of JSON-like data, several times faster than ``copy.deepcopy``."""
+    return cast(_T, _clone(value))
+
+
+def _clone(value: Any) -> Any:
+    try:  # C speed for plain dicts, lists, strings and numbers
+        return marshal.loads(marshal.dumps(value))
+    except ValueError:  # anything else (a dict subclass, an object): the slow way
+        return copy.deepcopy(value)
 
 
 def now_iso(offset_seconds: float = 0) -> str:
@@ -125,7 +146,12 @@ class Watch:
 
 
 class ObjectStore:
-    """Objects, resource versions, watches and the rules of writing them."""
+    """Objects, resource versions, watches and the rules of writing them.
+
+    ``create``, ``update``, ``delete`` and ``read`` return the stored object,
+    shared with readers and watchers: never mutate it (``clone`` it first).
+    ``get`` and ``select`` return copies.
+    """
 
     def __init__(
         self,
@@ -151,6 +177,15 @@ class ObjectStore:
         self._kres: dict[tuple[str, str, str], kmock.resource] = {}
         # Live objects per resource, by kmock key: reads never scan every object.
         self._live: dict[tuple[str, str, str], dict[tuple[Any, ...], Obj]] = {}
+        # ... per resource and namespace, by name;
+        self._by_ns: dict[tuple[str, str, str], dict[str | None, dict[str, Obj]]] = {}
+        # ... by uid; dependents by owner uid (dangling owners included);
+        self._by_uid: dict[str, tuple[ResourceType, Obj]] = {}
+        self._dependents: dict[str, dict[tuple[tuple[str, str, str], str | None, str], None]] = {}
+        # ... and per resource and label pair, by kmock key.
+        self._by_label: dict[tuple[str, str, str], dict[tuple[str, str], dict[Any, Obj]]] = {}
+        self._watches_by_rt: dict[tuple[str, str, str], set[Watch]] = {}
+        self._validators: dict[tuple[str, str, str], tuple[Obj, schemas.Validator]] = {}
 
     # --- reading (internal reads return stored dicts: never mutate them) ---
 
@@ -164,9 +199,64 @@ class ObjectStore:
         return self._live.get(rt.key, {}).get(self._key(rt, namespace, name))
 
     def iter(self, rt: ResourceType, namespace: str | None = None) -> Iterator[Obj]:
-        for (_, ns, _), obj in list(self._live.get(rt.key, {}).items()):
-            if namespace is None or ns == namespace:
-                yield obj
+        """Live objects (a snapshot: writing while iterating is safe), oldest key first."""
+        if namespace is None:
+            yield from list(self._live.get(rt.key, {}).values())
+        else:
+            yield from list(self._by_ns.get(rt.key, {}).get(namespace, {}).values())
+
+    def in_namespace(self, namespace: str) -> Iterator[tuple[ResourceType, Obj]]:
+        """Every live namespaced object of a namespace, whatever its resource."""
+        for rt_key, by_ns in list(self._by_ns.items()):
+            rt = self.catalog.types.get(rt_key)
+            if rt is not None and rt.namespaced:
+                for obj in list(by_ns.get(namespace, {}).values()):
+                    yield rt, obj
+
+    def by_uid(self, uid: str) -> tuple[ResourceType, Obj] | None:
+        return self._by_uid.get(uid)
+
+    def dependents(self, uid: str) -> list[tuple[ResourceType, Obj]]:
+        """Live objects with an owner reference to ``uid``."""
+        found = []
+        for rt_key, namespace, name in list(self._dependents.get(uid, ())):
+            rt = self.catalog.types.get(rt_key)
+            obj = self._by_ns.get(rt_key, {}).get(namespace, {}).get(name)
+            if rt is not None and obj is not None:
+                found.append((rt, obj))
+        return found
+
+    def find(
+        self,
+        rt: ResourceType,
+        namespace: str | None = None,
+        labels: list[selectors.Requirement] | None = None,
+        fields: list[selectors.FieldRequirement] | None = None,
+    ) -> list[Obj]:
+        """Matching live objects (stored dicts: never mutate them), unordered.
+
+        Equality and ``in`` requirements narrow the candidates through the label index.
+        """
+        candidates: Collection[Obj] | None = None
+        if labels:
+            index = self._by_label.get(rt.key, {})
+            for req in labels:
+                if req.op not in ("=", "in"):
+                    continue
+                hits: dict[Any, Obj] = {}
+                for value in req.values:
+                    hits.update(index.get((req.key, value), {}))
+                if candidates is None or len(hits) < len(candidates):
+                    candidates = hits.values()
+        if candidates is None:
+            candidates = list(self.iter(rt, namespace))
+        return [
+            obj
+            for obj in candidates
+            if (namespace is None or obj["metadata"].get("namespace") == namespace)
+            and selectors.matches(labels or [], selectors.labels_of(obj))
+            and all(req.matches(obj) for req in fields or [])
+        ]
 
     def iter_all(self) -> Iterator[tuple[ResourceType, Obj]]:
         for rt_key, objs in list(self._live.items()):
@@ -176,10 +266,14 @@ class ObjectStore:
                     yield rt, obj
 
     def get(self, rt: ResourceType, namespace: str | None, name: str) -> Obj:
+        return clone(self.read(rt, namespace, name))
+
+    def read(self, rt: ResourceType, namespace: str | None, name: str) -> Obj:
+        """The stored object (never mutate it), or a 404."""
         obj = self.peek(rt, namespace, name)
         if obj is None:
             raise errors.not_found(rt, name)
-        return copy.deepcopy(obj)
+        return obj
 
     def select(
         self,
@@ -189,43 +283,79 @@ class ObjectStore:
         fields: list[selectors.FieldRequirement] | None = None,
     ) -> list[Obj]:
         """Matching objects in etcd's key order (namespace, name), deep-copied."""
-        found = [
-            obj
-            for obj in self.iter(rt, namespace)
-            if selectors.matches(labels or [], selectors.labels_of(obj))
-            and all(req.matches(obj) for req in fields or [])
-        ]
+        found = self.find(rt, namespace, labels, fields)
         found.sort(key=lambda o: (o["metadata"].get("namespace") or "", o["metadata"]["name"]))
-        return copy.deepcopy(found)
+        return [clone(obj) for obj in found]
 
     # --- committing ---
 
     def _commit(self, rt: ResourceType, new: Obj, old: Obj | None, kind: str) -> Obj:
         self.rv += 1
         meta(new)["resourceVersion"] = str(self.rv)
-        key = self._key(rt, new["metadata"].get("namespace"), new["metadata"]["name"])
+        namespace, name = new["metadata"].get("namespace"), new["metadata"]["name"]
+        key = self._key(rt, namespace, name)
         if key in self.objects:
             self.objects[key].history.append(new)
         else:
             self.objects[key] = new
         live = self._live.setdefault(rt.key, {})
+        previous = live.get(key)
+        if previous is not None:
+            self._unindex(rt, key, previous)
         if kind == "DELETED":
             self.objects[key].delete()
             live.pop(key, None)
         else:
             live[key] = new
+            self._index(rt, key, new)
         stored = new
         change = Change(self.rv, kind, rt, stored, old)
         if len(self.history) == self.history.maxlen:
             self.compacted_rv = self.history[0].rv
         self.history.append(change)
-        for watch in list(self.watches):
+        for watch in list(self._watches_by_rt.get(rt.key, ())):
             watch.offer(change)
         for listener in list(self.listeners):
             listener(change)
         if kind == "DELETED" and rt.key == _CRDS:
             self._unregister_crd(stored)  # its custom resources go with it
-        return copy.deepcopy(stored)
+        return stored
+
+    def _index(self, rt: ResourceType, key: tuple[Any, ...], obj: Obj) -> None:
+        md = obj["metadata"]
+        namespace, name = key[1], key[2]
+        self._by_ns.setdefault(rt.key, {}).setdefault(namespace, {})[name] = obj
+        if uid := md.get("uid"):
+            self._by_uid[uid] = (rt, obj)
+        for ref in md.get("ownerReferences") or ():
+            self._dependents.setdefault(ref.get("uid", ""), {})[(rt.key, namespace, name)] = None
+        by_label = self._by_label.setdefault(rt.key, {})
+        for pair in (md.get("labels") or {}).items():
+            by_label.setdefault(pair, {})[key] = obj
+
+    def _unindex(self, rt: ResourceType, key: tuple[Any, ...], obj: Obj) -> None:
+        md = obj["metadata"]
+        namespace, name = key[1], key[2]
+        in_ns = self._by_ns.get(rt.key, {}).get(namespace)
+        if in_ns is not None:
+            in_ns.pop(name, None)
+        uid = md.get("uid")
+        if uid and self._by_uid.get(uid, (None, None))[1] is obj:
+            del self._by_uid[uid]
+        for ref in md.get("ownerReferences") or ():
+            owner = ref.get("uid", "")
+            deps = self._dependents.get(owner)
+            if deps is not None:
+                deps.pop((rt.key, namespace, name), None)
+                if not deps:
+                    del self._dependents[owner]
+        by_label = self._by_label.get(rt.key, {})
+        for pair in (md.get("labels") or {}).items():
+            objs = by_label.get(pair)
+            if objs is not None:
+                objs.pop(key, None)
+                if not objs:
+                    del by_label[pair]
 
     # --- creating ---
 
@@ -299,7 +429,7 @@ class ObjectStore:
     ) -> Obj:
         if not isinstance(body, dict):
             raise errors.bad_request("the body of a create must be a JSON object")
-        obj = copy.deepcopy(body)
+        obj = clone(body)
         self._check_type(rt, obj)
         md = meta(obj)
         ns: str | None = None
@@ -351,7 +481,12 @@ class ObjectStore:
         if not schema:
             return []
         schemas.prune_and_default(schema, obj)
-        return schemas.validate(schema, obj) if self.validate_schemas else []
+        if not self.validate_schemas:
+            return []
+        cached = self._validators.get(rt.key)
+        if cached is None or cached[0] is not schema:  # compiled once per schema
+            cached = self._validators[rt.key] = (schema, schemas.compile_validator(schema))
+        return cached[1](obj)
 
     def _register_crd(self, crd: Obj) -> None:
         for rt, schema in crd_resource_types(crd):
@@ -378,7 +513,7 @@ class ObjectStore:
         current = self.peek(rt, namespace, name)
         if current is None:
             raise errors.not_found(rt, name)
-        proposed = mutate(copy.deepcopy(current))
+        proposed = mutate(clone(current))
         if not isinstance(proposed, dict) or not isinstance(proposed.get("metadata", {}), dict):
             raise errors.bad_request("the object must be a JSON object with object metadata")
         pmeta = proposed.get("metadata", {})
@@ -396,7 +531,7 @@ class ObjectStore:
                 "request"
             )
         if scope == "status":
-            result = copy.deepcopy(current)
+            result = clone(current)
             if "status" in proposed:
                 result["status"] = proposed["status"]
             else:
@@ -411,7 +546,7 @@ class ObjectStore:
             if _spec_part(result) != _spec_part(current):
                 result["metadata"]["generation"] = current["metadata"].get("generation", 0) + 1
         if result == current:  # a no-op: no new resourceVersion, no watch event
-            return copy.deepcopy(current)
+            return current
         if dry_run:
             return result
         released = terminating(result) and not result["metadata"].get("finalizers")
@@ -434,7 +569,7 @@ class ObjectStore:
                 md.pop(key, None)
         if scope == "main" and rt.has_status:
             if "status" in current:
-                new["status"] = current["status"]
+                new["status"] = clone(current["status"])  # pruning must not touch the stored one
             else:
                 new.pop("status", None)
         if terminating(current):
@@ -476,12 +611,12 @@ class ObjectStore:
                 f"{cmd.get('resourceVersion')}",
             )
         if options.dry_run:
-            return copy.deepcopy(current)
+            return current
         if terminating(current):
             if options.grace_seconds == 0 and not cmd.get("finalizers"):
-                return self._commit(rt, copy.deepcopy(current), current, "DELETED")
-            return copy.deepcopy(current)
-        result = copy.deepcopy(current)
+                return self._commit(rt, clone(current), current, "DELETED")
+            return current
+        result = clone(current)
         md = result["metadata"]
         finalizers = list(md.get("finalizers") or [])
         extra = {"Orphan": "orphan", "Foreground": "foregroundDeletion"}.get(options.propagation)
@@ -508,13 +643,13 @@ class ObjectStore:
         current = self.peek(rt, namespace, name)
         if current is None or not terminating(current) or current["metadata"].get("finalizers"):
             return
-        self._commit(rt, copy.deepcopy(current), current, "DELETED")
+        self._commit(rt, clone(current), current, "DELETED")
 
     def remove(self, rt: ResourceType, namespace: str | None, name: str) -> None:
         """Drop an object at once, finalizers or not (CRD cleanup, force deletion)."""
         current = self.peek(rt, namespace, name)
         if current is not None:
-            self._commit(rt, copy.deepcopy(current), current, "DELETED")
+            self._commit(rt, clone(current), current, "DELETED")
 
     def _unregister_crd(self, crd: Obj) -> None:
         for crt, _ in crd_resource_types(crd):
@@ -559,10 +694,12 @@ class ObjectStore:
                     f"too old resource version: {start} ({self.compacted_rv + 1})"
                 ).status()
                 return watch, [{"type": "ERROR", "object": error}]
-            for change in self.history:
-                if change.rv > start and (event := watch.event_for(change)) is not None:
+            newer = itertools.takewhile(lambda c: c.rv > start, reversed(self.history))
+            for change in reversed(list(newer)):
+                if (event := watch.event_for(change)) is not None:
                     events.append(event)
         self.watches.add(watch)
+        self._watches_by_rt.setdefault(rt.key, set()).add(watch)
         return watch, events
 
     def bookmark(self, rt: ResourceType, *, initial_events_end: bool = False) -> Obj:
@@ -576,11 +713,13 @@ class ObjectStore:
 
     def unwatch(self, watch: Watch) -> None:
         self.watches.discard(watch)
+        self._watches_by_rt.get(watch.rt.key, set()).discard(watch)
 
     def close_watches(self) -> None:
         for watch in list(self.watches):
             watch.close()
         self.watches.clear()
+        self._watches_by_rt.clear()
 
 
 def _spec_part(obj: Obj) -> Obj:
