@@ -12,7 +12,22 @@ same way, surge first.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Collection, Mapping, Sequence
+
+
+def remainder_order(zones: Sequence[str], model_key: str) -> list[str]:
+    """The zones in sorted order, rotated by a hash of the Model's key.
+
+    Stable for a Model (its remainder units stay put), but different Models
+    start at different zones, so a cluster of 2-unit Models over 3 zones does
+    not load the alphabetically first two zones with every unit.
+    """
+    ordered = sorted(zones)
+    if not ordered:
+        return ordered
+    shift = int(hashlib.sha256(model_key.encode()).hexdigest()[:8], 16) % len(ordered)
+    return ordered[shift:] + ordered[:shift]
 
 
 def spread(total: int, zones_in_order: Sequence[str], healthy: Collection[str]) -> dict[str, int]:

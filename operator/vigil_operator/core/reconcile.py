@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from .manifests import pod_disruption_budget, service, unit_deployment
-from .placement import plan_replicas, spread
+from .placement import plan_replicas, remainder_order, spread
 from .spec import ModelSpec, SpecError, parse_spec, validate_name
 from .status import Event, build_status, event_messages, unit_problems
 from .zones import (
@@ -118,7 +118,7 @@ def reconcile(
     desired = spec.clamp(int(wish) if wish is not None else spec.min_units)
     stuck = unschedulable_units(observed.pods, now)
     zones = zone_health(observed.nodes, spec.unit, spec.zones, stuck, unschedulable_timeout_s)
-    order = [z.name for z in zones]
+    order = remainder_order([z.name for z in zones], f"{namespace}/{name}")
     target = spread(desired, order, {z.name for z in zones if z.healthy})
     plan = plan_replicas(target, replicas, ready, floor=desired)
 

@@ -146,3 +146,31 @@ def test_load_on_a_unit_boundary_settles_once_and_holds() -> None:
     for _ in range(1800):  # an hour of +-15 % noise
         loop.tick(2.4 * (1 + rng.gauss(0, 0.15)))
     assert [(d.previous, d.desired) for d in loop.decisions] == [(5, 4)]
+
+
+def test_policy_for_a_model_takes_its_scaling_and_the_shells_windows() -> None:
+    from vigil_operator.core.autoscaling import policy_for
+    from vigil_operator.core.spec import parse_spec
+
+    spec = parse_spec(
+        {
+            "artifact": {"uri": "file:///m.vigil"},
+            "minUnits": 2,
+            "maxUnits": 6,
+            "scaling": {"metric": "rps", "target": 40, "scaleDownStabilizationSeconds": 60},
+        }
+    )
+    assert policy_for(spec, stable_window_s=30, panic_window_s=3) == PolicyConfig(
+        metric="rps",
+        target=40.0,
+        min_units=2,
+        max_units=6,
+        scale_up_stabilization_s=0,
+        scale_down_stabilization_s=60,
+        stable_window_s=30,
+        panic_window_s=3,
+    )
+    fixed = replace(spec, max_units=None)
+    stopped = replace(spec, state="Stopped")
+    assert policy_for(fixed, stable_window_s=30, panic_window_s=3) is None
+    assert policy_for(stopped, stable_window_s=30, panic_window_s=3) is None

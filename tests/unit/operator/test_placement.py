@@ -164,3 +164,21 @@ def test_converges_in_two_steps_when_units_become_ready() -> None:
 def test_converged() -> None:
     assert converged({"a": 1, "b": 0}, {"a": 1})
     assert not converged({"a": 1}, {"a": 1, "b": 1})
+
+
+def test_remainder_order_is_stable_per_model_and_spreads_models_over_zones() -> None:
+    from collections import Counter
+
+    from vigil_operator.core.placement import remainder_order
+
+    zones = ["zone-c", "zone-a", "zone-b"]
+    assert remainder_order(zones, "factory/pcb") == remainder_order(zones, "factory/pcb")
+    assert sorted(remainder_order(zones, "factory/pcb")) == sorted(zones)
+    # 300 two-unit Models: every zone carries a fair share of the units
+    load: Counter[str] = Counter()
+    for i in range(300):
+        order = remainder_order(zones, f"ns/model-{i}")
+        load.update(z for z, n in spread(2, order, set(zones)).items() for _ in range(n))
+    assert sum(load.values()) == 600
+    assert min(load.values()) > 0.8 * 200, load
+    assert remainder_order([], "x") == []
