@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 	tools kube-tools prometheus monitoring-models
 
 help:
-	@echo "make demo   train a model on generated images and serve it locally"
+	@echo "make demo   train a model, run it with vigil local up, scale it, fail a zone over"
 	@echo "make test   install, lint, type-check and run the whole test suite"
 	@echo "make bench  run the benchmarks in bench/"
 

@@ -1,4 +1,4 @@
-"""`vigil operator`: run the operator (in-cluster, or from KUBECONFIG)."""
+"""`vigil operator`: run the operator (in-cluster, or from KUBECONFIG); and `vigil local`."""
 
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--reconcile-interval", type=float, help="seconds between reconciles")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=operator_command)
+    from vigil_operator.local.cli import add_local_commands
+
+    add_local_commands(sub)
 
 
 def operator_command(args: argparse.Namespace) -> int:

@@ -166,9 +166,10 @@ def autoscale(
             f"{cfg.metric} {stable:.2f} over {ready} units ({each}) > "
             f"target {cfg.target:g}: {current} -> {desired}"
         )
-    elif desired < current:
+    elif desired < current:  # per unit of the current count: what scaling down changes
+        each = f"{stable / max(current, 1):.2f} each"
         reason = (
-            f"{cfg.metric} {stable:.2f} over {ready} units ({each}) < target "
+            f"{cfg.metric} {stable:.2f} over {current} units ({each}) < target "
             f"{cfg.target:g} for {cfg.scale_down_stabilization_s:g}s: {current} -> {desired}"
         )
     else:
