@@ -19,6 +19,7 @@ from typing import Any, cast
 
 import aiohttp
 import kopf
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from vigil_operator.config import OperatorConfig
 from vigil_operator.core.autoscaling import ScalingState, autoscale, policy_for
@@ -54,6 +55,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
+    """Close the API client only once no reconcile is using it: timers and
+    daemons may still be mid-reconcile when kopf runs cleanup handlers."""
+    memo.closing = True
+    for lock in list(memo.locks.values()):
+        async with lock:  # waits for an in-flight reconcile of that Model
+            pass
     await memo.kube.close()
 
 
@@ -121,7 +128,39 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+RETRY_S = 2.0  # transient API trouble: try again soon, not after kopf's default minute
+TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+def _transient(exc: BaseException) -> bool:
+    """API trouble that a retry fixes: timeouts, dropped connections, 429 and 5xx."""
+    if isinstance(exc, ApiException):
+        return exc.status in TRANSIENT_STATUS
+    return isinstance(exc, aiohttp.ClientError | TimeoutError | ConnectionError)
+
+
 async def reconcile_model(
+    namespace: str | None,
+    name: str,
+    memo: kopf.Memo,
+    logger: Logger,
+    kwargs: Mapping[str, Any],
+    desired_units: int | None = None,
+    scaling_reason: str = "",
+) -> Outcome | None:
+    """One idempotent pass for one Model; transient API trouble is retried soon
+    by kopf (TemporaryError: one log line, no traceback), anything else is a bug."""
+    try:
+        return await _reconcile_model(
+            namespace, name, memo, logger, kwargs, desired_units, scaling_reason
+        )
+    except Exception as exc:
+        if _transient(exc):
+            raise kopf.TemporaryError(f"Kubernetes API trouble: {exc!r}", delay=RETRY_S) from exc
+        raise
+
+
+async def _reconcile_model(
     namespace: str | None,
     name: str,
     memo: kopf.Memo,
@@ -142,6 +181,8 @@ async def reconcile_model(
     metrics: OperatorMetrics = memo.metrics
     config: OperatorConfig = memo.config
     async with lock:
+        if memo.get("closing"):  # the operator is stopping; the client is going away
+            return None
         started = time.perf_counter()
         body = await kube.get_model(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
@@ -204,9 +245,6 @@ def _record(
     before, after = previous.get("desiredUnits"), outcome.status.get("desiredUnits")
     if before is not None and after is not None and before != after:
         metrics.models.count_decision(key, "up" if after > before else "down")
-
-
-RETRY_S = 2.0  # transient API trouble: try again soon, not after kopf's default minute
 
 
 @kopf.on.resume(*MODELS, backoff=RETRY_S)
