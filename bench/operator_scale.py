@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import platform
-import socket
 import sys
 import tempfile
 import time
@@ -28,14 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "inference-server"), str(ROOT / "operator")]
 
 from tests.integration.operator.emulator import KubeEmulator, OperatorProcess  # noqa: E402
+from tests.tools import free_port  # noqa: E402
 
 NAMESPACE = "bench"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def reconciles(port: int) -> float:

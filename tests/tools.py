@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,10 @@ def require_monitoring_models() -> Path:
     if not (modules / "@kubernetes-models" / "prometheus-operator").is_dir():
         _missing("monitoring-models", f"no {modules}/@kubernetes-models/prometheus-operator")
     return modules
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (tests bind it right after)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
-from typing import Any, cast
+from typing import Any, ParamSpec, cast
 
 import aiohttp
 import kopf
@@ -130,6 +131,7 @@ def _now() -> dt.datetime:
 
 RETRY_S = 2.0  # transient API trouble: try again soon, not after kopf's default minute
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+P = ParamSpec("P")
 
 
 def _transient(exc: BaseException) -> bool:
@@ -139,28 +141,28 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, aiohttp.ClientError | TimeoutError | ConnectionError)
 
 
+def _retry_transient(
+    fn: Callable[P, Awaitable[Outcome | None]],
+) -> Callable[P, Awaitable[Outcome | None]]:
+    """Transient API trouble is retried soon by kopf (TemporaryError: one log
+    line, no traceback); anything else is a bug and keeps its traceback."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kw: P.kwargs) -> Outcome | None:
+        try:
+            return await fn(*args, **kw)
+        except Exception as exc:
+            if _transient(exc):
+                raise kopf.TemporaryError(
+                    f"Kubernetes API trouble: {exc!r}", delay=RETRY_S
+                ) from exc
+            raise
+
+    return wrapper
+
+
+@_retry_transient
 async def reconcile_model(
-    namespace: str | None,
-    name: str,
-    memo: kopf.Memo,
-    logger: Logger,
-    kwargs: Mapping[str, Any],
-    desired_units: int | None = None,
-    scaling_reason: str = "",
-) -> Outcome | None:
-    """One idempotent pass for one Model; transient API trouble is retried soon
-    by kopf (TemporaryError: one log line, no traceback), anything else is a bug."""
-    try:
-        return await _reconcile_model(
-            namespace, name, memo, logger, kwargs, desired_units, scaling_reason
-        )
-    except Exception as exc:
-        if _transient(exc):
-            raise kopf.TemporaryError(f"Kubernetes API trouble: {exc!r}", delay=RETRY_S) from exc
-        raise
-
-
-async def _reconcile_model(
     namespace: str | None,
     name: str,
     memo: kopf.Memo,

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tests.tools import free_port
 
 Target = tuple[str, Mapping[str, str]]  # ("host:port", __meta_* labels)
 
@@ -39,12 +40,6 @@ SNAKE = {
     "action": "action",
     "modulus": "modulus",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def relabel_configs(endpoint: Mapping[str, Any], job: str) -> list[dict[str, Any]]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import socket
 import sys
 import time
 import urllib.request
@@ -27,6 +26,7 @@ from kubernetes_asyncio import client
 from prometheus_client import generate_latest
 
 from tests.integration.operator.emulator import KubeEmulator, OperatorProcess
+from tests.tools import free_port
 from vigil_inference.metrics import InferenceMetrics
 
 pytestmark = [
@@ -108,9 +108,7 @@ async def test_load_scales_up_within_bounds_and_back_down(
     tmp_path: Path,
 ) -> None:
     api = client.CustomObjectsApi(kube_api)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     op = OperatorProcess(
         [
             sys.executable,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import sys
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -21,6 +20,7 @@ import pytest_asyncio
 from kubernetes_asyncio import client
 
 from tests.integration.operator.emulator import KubeEmulator, OperatorProcess
+from tests.tools import free_port
 
 pytestmark = [
     pytest.mark.slow,
@@ -31,12 +31,6 @@ pytestmark = [
 INTERVAL = 1.0  # the operator's reconcile timer in these tests
 GROUP, VERSION, PLURAL = "vigil.dev", "v1alpha1", "models"
 ZONES = ("zone-a", "zone-b", "zone-c")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Operator:
