@@ -12,6 +12,7 @@ refuses; the tests use it to prove every rule in the CRD live.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -153,22 +154,37 @@ class ModelValidator:
 
     def evaluate(self, rule: Rule, value: Any, old: Any = _MISSING) -> bool:
         """One rule against a value at its place; an evaluation error counts as a failure."""
+        return self.failure(rule, value, old) is None
+
+    def failure(self, rule: Rule, value: Any, old: Any = _MISSING) -> str | None:
+        """Why `rule` refuses `value`, worded as the API server words it (an evaluation
+        error such as a missing field is "no such key: X evaluating rule: MESSAGE");
+        None when it holds."""
         activation = {"self": to_cel(rule.schema, value)}
         if old is not _MISSING:
             activation["oldSelf"] = to_cel(rule.schema, old)
         try:
             result = self._programs[rule.rule].evaluate(activation)
-        except CELEvalError:
-            return False
-        return isinstance(result, celtypes.BoolType) and bool(result)
+        except CELEvalError as exc:
+            return f"{_cel_error(exc)} evaluating rule: {rule.message}"
+        if isinstance(result, celtypes.BoolType) and bool(result):
+            return None
+        return rule.message
+
+    def check(self, node: Mapping[str, Any], value: Any, path: str = "") -> list[str]:
+        """The CEL rules of `node` and of the nodes below it against `value` as it
+        stands (no defaults filled in), as "path: reason": how the API server checks
+        a `default` when a CRD is created."""
+        return self._check(node, value, _MISSING, path)
 
     def _check(self, node: Mapping[str, Any], value: Any, old: Any, path: str) -> list[str]:
         found = []
         for rule in (r for r in self.rules if r.schema is node):
             if rule.transition and old is _MISSING:
                 continue
-            if not self.evaluate(rule, value, old):
-                found.append(f"{path or '<root>'}: {rule.message}")
+            reason = self.failure(rule, value, old)
+            if reason is not None:
+                found.append(f"{path or '<root>'}: {reason}")
         if isinstance(value, dict):
             props = node.get("properties") or {}
             extra = node.get("additionalProperties")
@@ -183,6 +199,13 @@ class ModelValidator:
             for i, item in enumerate(value):
                 found += self._check(node["items"], item, olds[i], f"{path}[{i}]")
         return found
+
+
+def _cel_error(exc: CELEvalError) -> str:
+    """cel-python's evaluation error in cel-go's words, which the API server shows."""
+    text = str(exc.args[0]) if exc.args else str(exc)
+    missing = re.fullmatch(r"no such member in mapping: '(.*)'", text)
+    return f"no such key: {missing.group(1)}" if missing else text
 
 
 def _cel_root(obj: Any) -> Any:

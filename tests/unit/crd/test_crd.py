@@ -9,13 +9,12 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 
 from vigil_operator.core import spec as specmod
-from vigil_operator.core.crd import ModelValidator, Rule, apply_defaults, to_json_schema
+from vigil_operator.core.crd import ModelValidator, Rule
 from vigil_operator.core.spec import SpecError, parse_spec, validate_name
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -84,15 +83,6 @@ def test_schema_is_structural_and_bounded(crd: dict[str, Any]) -> None:
             assert "maxLength" in node or "enum" in node or "format" in node, path
         if node.get("type") == "object" and "additionalProperties" in node:
             assert "maxProperties" in node, path
-
-
-def test_defaults_are_valid_under_their_own_schema(crd: dict[str, Any]) -> None:
-    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-    for path, node in _nodes(schema):
-        if "default" in node:
-            value = apply_defaults(node, copy.deepcopy(node["default"]))
-            errors = list(jsonschema.Draft202012Validator(to_json_schema(node)).iter_errors(value))
-            assert errors == [], path
 
 
 def test_spec_defaults_match_design(validator: ModelValidator) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import selectors
+from . import crd_admission, selectors
 from .resources import ResourceType
 
 if TYPE_CHECKING:
@@ -129,6 +129,7 @@ def validate(rt: ResourceType, obj: Obj) -> list[tuple[str, str]]:
                 ("spec", "Invalid value: minAvailable and maxUnavailable cannot be both set")
             )
     elif _is(rt, "apiextensions.k8s.io", "CustomResourceDefinition"):
+        causes += crd_admission.admission_causes(obj)
         names = spec.get("names") or {}
         expected = f"{names.get('plural')}.{spec.get('group')}"
         if obj["metadata"]["name"] != expected:
