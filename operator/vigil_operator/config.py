@@ -39,6 +39,8 @@ class OperatorConfig:
     default_image: str = "ghcr.io/vigil-dev/vigil-inference:0.1.0"
     reconcile_interval_s: float = 10.0  # the timer: zone health, status freshness
     unschedulable_timeout_s: float = 300.0  # a zone whose units stay Pending this long is unhealthy
+    zone_recovery_s: float = 60.0  # an unhealthy zone returns once a node is Ready this long
+    unit_ready_timeout_s: float = 600.0  # a unit running this long but not Ready is reported
     cluster_domain: str = "cluster.local"
     metrics_port: int = 8080
     scrape_interval_s: float = 2.0  # how often units' /metrics are read for autoscaling
@@ -56,6 +58,8 @@ class OperatorConfig:
             unschedulable_timeout_s=_float(
                 "VIGIL_UNSCHEDULABLE_TIMEOUT", d.unschedulable_timeout_s
             ),
+            zone_recovery_s=_float("VIGIL_ZONE_RECOVERY", d.zone_recovery_s),
+            unit_ready_timeout_s=_float("VIGIL_UNIT_READY_TIMEOUT", d.unit_ready_timeout_s),
             cluster_domain=os.environ.get("VIGIL_CLUSTER_DOMAIN", d.cluster_domain),
             metrics_port=int(_float("VIGIL_METRICS_PORT", d.metrics_port)),
             scrape_interval_s=_float("VIGIL_SCRAPE_INTERVAL", d.scrape_interval_s),

@@ -201,6 +201,8 @@ async def reconcile_model(
             now=_now(),
             default_image=config.default_image,
             unschedulable_timeout_s=config.unschedulable_timeout_s,
+            zone_recovery_s=config.zone_recovery_s,
+            unit_ready_timeout_s=config.unit_ready_timeout_s,
             cluster_domain=config.cluster_domain,
             default_resources=config.default_resources,
             desired_units=desired_units,

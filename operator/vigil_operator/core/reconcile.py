@@ -17,10 +17,11 @@ from typing import Any
 from .manifests import pod_disruption_budget, service, unit_deployment
 from .placement import plan_replicas, remainder_order, spread
 from .spec import ModelSpec, SpecError, parse_spec, validate_name
-from .status import Event, build_status, event_messages, unit_problems
+from .status import UNIT_READY_TIMEOUT_S, Event, build_status, event_messages, unit_problems
 from .zones import (
     UNSCHEDULABLE_TIMEOUT_S,
     ZONE_POD_LABEL,
+    ZONE_RECOVERY_S,
     ZoneHealth,
     unschedulable_units,
     zone_health,
@@ -79,6 +80,8 @@ def reconcile(
     desired_units: int | None = None,
     scaling_reason: str = "",
     unschedulable_timeout_s: float = UNSCHEDULABLE_TIMEOUT_S,
+    zone_recovery_s: float = ZONE_RECOVERY_S,
+    unit_ready_timeout_s: float = UNIT_READY_TIMEOUT_S,
     cluster_domain: str = "cluster.local",
     default_resources: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Outcome:
@@ -117,7 +120,17 @@ def reconcile(
     wish = desired_units if desired_units is not None else previous.get("desiredUnits")
     desired = spec.clamp(int(wish) if wish is not None else spec.min_units)
     stuck = unschedulable_units(observed.pods, now)
-    zones = zone_health(observed.nodes, spec.unit, spec.zones, stuck, unschedulable_timeout_s)
+    was_healthy = {str(z.get("name")): bool(z.get("healthy")) for z in previous.get("zones") or []}
+    zones = zone_health(
+        observed.nodes,
+        spec.unit,
+        spec.zones,
+        stuck,
+        unschedulable_timeout_s,
+        was_healthy=was_healthy,
+        now=now,
+        recovery_s=zone_recovery_s,
+    )
     order = remainder_order([z.name for z in zones], f"{namespace}/{name}")
     target = spread(desired, order, {z.name for z in zones if z.healthy})
     plan = plan_replicas(target, replicas, ready, floor=desired)
@@ -141,7 +154,7 @@ def reconcile(
         ready=ready,
         previous=previous,
         now=now,
-        problems=unit_problems(observed.pods),
+        problems=unit_problems(observed.pods, now=now, ready_timeout_s=unit_ready_timeout_s),
         pods_left=_pods_left(observed.pods),
         cluster_domain=cluster_domain,
     )

@@ -5,7 +5,10 @@ in service, then Hosted. A Hosted model that loses units or a zone stays
 Hosted while at least one unit serves, with Scaling and ZoneDegraded saying
 what is wrong; it falls back to StartingHosting only when nothing serves.
 HostingFailed means the user must act: an invalid spec, or units that cannot
-start (crash loops, image pull failures) before the model was ever hosted.
+start (crash loops, image pull failures, units running but never Ready) while
+none serves. Units that cannot start beside units that serve leave the model
+Hosted: the message, the Scaling condition (reason UnitsNotReady) and a
+Warning Event name them, and the rest of the model keeps serving and scaling.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any, Final, Literal
 from .manifests import endpoint
 from .placement import converged
 from .spec import ModelSpec
-from .zones import ZONE_POD_LABEL, ZoneHealth
+from .zones import ZONE_POD_LABEL, ZoneHealth, parse_time
 
 STARTING: Final = "StartingHosting"
 HOSTED: Final = "Hosted"
@@ -26,6 +29,7 @@ FAILED: Final = "HostingFailed"
 STOPPING: Final = "StoppingHosting"
 STOPPED: Final = "Stopped"
 PHASES: Final = (STARTING, HOSTED, FAILED, STOPPING, STOPPED)
+UNITS_NOT_READY: Final = "UnitsNotReady"
 
 # Container states that will not fix themselves without a change from the user.
 FAILURE_REASONS: Final = frozenset(
@@ -39,6 +43,9 @@ FAILURE_REASONS: Final = frozenset(
     }
 )
 DRAINING: Final = "draining: no longer among the Model's zones"
+# A unit running this long without turning Ready is reported (as Deployments'
+# default progressDeadlineSeconds: loading a model onto a GPU can take minutes).
+UNIT_READY_TIMEOUT_S: Final = 600.0
 
 
 @dataclass(frozen=True)
@@ -82,14 +89,22 @@ def condition(
     }
 
 
-def unit_problems(pods: Iterable[Mapping[str, Any]], limit: int = 5) -> list[str]:
-    """Why units cannot start, one sentence per stuck container, for HostingFailed."""
+def unit_problems(
+    pods: Iterable[Mapping[str, Any]],
+    limit: int = 5,
+    *,
+    now: datetime | None = None,
+    ready_timeout_s: float = UNIT_READY_TIMEOUT_S,
+) -> list[str]:
+    """Why units cannot start, one sentence per stuck container, and (given `now`)
+    per unit running for `ready_timeout_s` without turning Ready."""
     found: set[str] = set()
     for pod in pods:
         meta = pod.get("metadata") or {}
         if ZONE_POD_LABEL not in (meta.get("labels") or {}) or meta.get("deletionTimestamp"):
             continue
         status = pod.get("status") or {}
+        stuck = False
         for cs in [
             *(status.get("initContainerStatuses") or []),
             *(status.get("containerStatuses") or []),
@@ -97,13 +112,36 @@ def unit_problems(pods: Iterable[Mapping[str, Any]], limit: int = 5) -> list[str
             waiting = (cs.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") not in FAILURE_REASONS:
                 continue
+            stuck = True
             text = f"unit {meta.get('name', '?')}: container {cs.get('name')} {waiting['reason']}"
             last = (cs.get("lastState") or {}).get("terminated") or {}
             detail = waiting.get("message") or last.get("message") or ""
             if last.get("exitCode") is not None:
                 detail = f"exit code {last['exitCode']}" + (f", {detail}" if detail else "")
             found.add(f"{text} ({detail.strip()[:300]})" if detail else text)
+        if not stuck and now is not None:
+            late = _never_ready(meta, status, now, ready_timeout_s)
+            if late:
+                found.add(late)
     return sorted(found)[:limit]
+
+
+def _never_ready(
+    meta: Mapping[str, Any], status: Mapping[str, Any], now: datetime, timeout_s: float
+) -> str:
+    """A sentence for a Running unit that has not been Ready for `timeout_s` since it
+    started; "" otherwise."""
+    if status.get("phase") != "Running":
+        return ""
+    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    if ready is not None and ready.get("status") == "True":
+        return ""
+    since = parse_time(status.get("startTime")) or parse_time(meta.get("creationTimestamp"))
+    if since is None or (now - since).total_seconds() < timeout_s:
+        return ""
+    why = (ready or {}).get("message") or (ready or {}).get("reason") or "readiness never passed"
+    waited = (now - since).total_seconds()
+    return f"unit {meta.get('name', '?')}: not Ready {waited:.0f}s after starting ({why})"
 
 
 def _plural(n: int, word: str = "unit") -> str:
@@ -197,12 +235,15 @@ def build_status(
             phase, message = STOPPING, f"stopping: {_plural(left)} left"
     else:
         counts = f"{in_service}/{desired_units} units in service"
+        stuck = f"units cannot start: {'; '.join(problems)}"
         if desired_units > 0 and in_service >= desired_units:
             phase, message = HOSTED, f"{counts} in {_plural(placed, 'zone')}"
+        elif in_service > 0 and problems:
+            phase, message = HOSTED, f"{counts}; {stuck}"
         elif in_service > 0 and previous.get("phase") == HOSTED:
             phase, message = HOSTED, f"{counts}, scaling"
         elif problems:
-            phase, message = FAILED, f"units cannot start: {'; '.join(problems)}"
+            phase, message = FAILED, stuck
         else:
             phase, message = STARTING, f"starting: {counts}"
         if note:
@@ -219,7 +260,16 @@ def build_status(
         "conditions": [
             condition(old, "Ready", phase == HOSTED, phase, message, generation, now),
             _scaling(
-                spec, error, desired_units, in_service, target, replicas, old, generation, now
+                spec,
+                error,
+                desired_units,
+                in_service,
+                target,
+                replicas,
+                old,
+                generation,
+                now,
+                problems,
             ),
             _degraded(spec, error, zones, note, old, generation, now),
         ],
@@ -236,9 +286,16 @@ def _scaling(
     old: Sequence[Mapping[str, Any]],
     generation: int,
     now: datetime,
+    problems: Sequence[str] = (),
 ) -> dict[str, Any]:
     if error or spec is None:
         args = (False, "InvalidSpec", "not scaling: the spec is invalid")
+    elif in_service < desired and problems:
+        args = (
+            True,
+            UNITS_NOT_READY,
+            f"bringing units into service: {in_service}/{desired}; {'; '.join(problems)}",
+        )
     elif in_service < desired:
         args = (True, "ScalingUp", f"bringing units into service: {in_service}/{desired}")
     elif in_service > desired:
@@ -312,7 +369,18 @@ def event_messages(
             if back:
                 text += f": moving {_plural(back)} back, surge first"
             events.append(Event("Normal", "ZoneRecovered", text))
+    stuck = _reason(new, "Scaling") == UNITS_NOT_READY and new.get("phase") != FAILED
+    if stuck and _reason(prev, "Scaling") != UNITS_NOT_READY:
+        message = str(new.get("message", "")).split("; ", 1)[-1]
+        events.append(Event("Warning", UNITS_NOT_READY, message))
     if prev.get("phase") != new.get("phase"):
         kind: Literal["Normal", "Warning"] = "Warning" if new.get("phase") == FAILED else "Normal"
         events.append(Event(kind, str(new.get("phase")), str(new.get("message", ""))))
     return events
+
+
+def _reason(status: Mapping[str, Any], type_: str) -> str:
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == type_:
+            return str(cond.get("reason", ""))
+    return ""

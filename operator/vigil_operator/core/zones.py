@@ -7,6 +7,13 @@ not cordoned, and (for GPU units) it has enough `nvidia.com/gpu`. A zone is
 healthy when at least one eligible node is Ready and its units have not been
 unschedulable for longer than a timeout. Nodes without a zone label are never
 eligible: every unit is pinned to a zone.
+
+Health is damped one way only. A zone fails at once (capacity matters more than
+a few surplus units), but a zone that was unhealthy comes back only once one of
+its eligible nodes has been Ready for `recovery_s`: a node flapping
+Ready/NotReady every few seconds then costs one failover and no return until it
+settles, instead of units moving back and forth with every flap, each move a
+surge of units and a cold start.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from .spec import GPU_RESOURCE, SpecError, Toleration, UnitSpec, parse_quantity
 ZONE_LABEL: Final = "topology.kubernetes.io/zone"
 ZONE_POD_LABEL: Final = "vigil.dev/zone"
 UNSCHEDULABLE_TIMEOUT_S: Final = 300.0
+ZONE_RECOVERY_S: Final = 60.0
 # Taints the node lifecycle controller sets from conditions we read directly
 # (Ready, spec.unschedulable); counting them as taints would report a zone
 # whose nodes are down as "no eligible nodes" instead of "0/2 nodes Ready".
@@ -81,6 +89,18 @@ def node_ready(node: Mapping[str, Any]) -> bool:
     return False
 
 
+def ready_seconds(node: Mapping[str, Any], now: datetime) -> float:
+    """How long the node has been Ready (its Ready condition's lastTransitionTime);
+    0 when it is not Ready, unbounded when the time is missing."""
+    for cond in (node.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            if cond.get("status") != "True":
+                return 0.0
+            since = parse_time(cond.get("lastTransitionTime"))
+            return max(0.0, (now - since).total_seconds()) if since else float("inf")
+    return 0.0
+
+
 def node_eligible(node: Mapping[str, Any], unit: UnitSpec) -> bool:
     """Whether the scheduler could place one of this unit's Pods on the node."""
     labels = node.get("metadata", {}).get("labels") or {}
@@ -134,21 +154,33 @@ def zone_health(
     configured: Sequence[str] | None = None,
     stuck: Mapping[str, Stuck] | None = None,
     timeout_s: float = UNSCHEDULABLE_TIMEOUT_S,
+    *,
+    was_healthy: Mapping[str, bool] | None = None,
+    now: datetime | None = None,
+    recovery_s: float = ZONE_RECOVERY_S,
 ) -> list[ZoneHealth]:
     """The candidate zones sorted by name: the configured ones (a named zone without
-    eligible nodes is unhealthy), else every zone that has an eligible node."""
+    eligible nodes is unhealthy), else every zone that has an eligible node.
+
+    `was_healthy` is each zone's health as last published (the Model's status); a
+    zone that was unhealthy needs a node Ready for `recovery_s` (at `now`) to return.
+    """
     eligible: dict[str, int] = {}
     ready: dict[str, int] = {}
+    settled: dict[str, int] = {}
     for node in nodes:
         zone = node_zone(node)
         if zone and node_eligible(node, unit):
             eligible[zone] = eligible.get(zone, 0) + 1
             ready[zone] = ready.get(zone, 0) + node_ready(node)
+            if now is not None and ready_seconds(node, now) >= recovery_s:
+                settled[zone] = settled.get(zone, 0) + 1
     names = sorted(set(configured) if configured is not None else eligible)
     out = []
     for name in names:
         n, r = eligible.get(name, 0), ready.get(name, 0)
         late = (stuck or {}).get(name)
+        returning = (was_healthy or {}).get(name) is False and now is not None
         if n == 0:
             reason = "no eligible nodes"
         elif r == 0:
@@ -156,6 +188,8 @@ def zone_health(
         elif late is not None and late.seconds >= timeout_s:
             reason = f"units unschedulable for {late.seconds:.0f}s"
             reason += f": {late.message}" if late.message else ""
+        elif returning and not settled.get(name):
+            reason = f"{r}/{n} nodes Ready, none yet for {recovery_s:.0f}s"
         else:
             reason = ""
         out.append(ZoneHealth(name, not reason, n, r, reason))

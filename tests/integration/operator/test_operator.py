@@ -31,6 +31,7 @@ pytestmark = [
 INTERVAL = 1.0  # the operator's reconcile timer in these tests
 GROUP, VERSION, PLURAL = "vigil.dev", "v1alpha1", "models"
 ZONES = ("zone-a", "zone-b", "zone-c")
+ZONE_RECOVERY = 1.0  # seconds a recovered zone's node must stay Ready (60 by default)
 
 
 class Operator:
@@ -58,6 +59,7 @@ class Operator:
             ],
             kubeconfig=kubeconfig,
             log_path=log,
+            env={"VIGIL_ZONE_RECOVERY": str(ZONE_RECOVERY)},
         )
 
     async def start(self) -> None:

@@ -4,6 +4,7 @@ and surge-first recovery, scaling, stopping, invalid specs."""
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -251,3 +252,48 @@ def test_auto_zones_without_labelled_nodes(node: Callable[..., Obj], now: dateti
     assert [o["kind"] for o in out.apply] == ["Service", "PodDisruptionBudget"]
     assert "topology.kubernetes.io/zone" in out.status["message"]
     assert out.status["phase"] == "StartingHosting"
+
+
+def _ready_since(cluster: Cluster, zone: str, ready: bool) -> None:
+    """The zone's nodes turn Ready (or not) now, as a kubelet reports it."""
+    for n in cluster.nodes[zone]:
+        cond = n["status"]["conditions"][1]
+        if (cond["status"] == "True") != ready:
+            cond["status"] = "True" if ready else "False"
+            cond["lastTransitionTime"] = cluster.now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_a_flapping_zone_fails_over_once_and_returns_once_settled(
+    node: Callable[..., Obj], now: datetime
+) -> None:
+    """Nodes of one zone flap Ready/NotReady every 10 s step for 5 minutes: units
+    leave that zone once and do not come back until its nodes stay Ready 60 s."""
+    cluster = Cluster(node, _model(), now)
+    cluster.step()
+    cluster.settle()
+    assert cluster.step().status["phase"] == "Hosted"
+    placements = []
+    for i in range(30):
+        _ready_since(cluster, "us-east-1a", ready=i % 2 == 1)
+        if i % 2 == 0:
+            cluster.zone_down("us-east-1a")  # its units go unready with the node
+        out = cluster.step()
+        cluster.settle()
+        placements.append(out.target["us-east-1a"])
+    moves = sum(1 for a, b in itertools.pairwise(placements) if a != b)
+    assert placements[0] == 0 and moves == 0, placements  # out at the first flap, stays out
+    zone = {z["name"]: z for z in cluster.model["status"]["zones"]}["us-east-1a"]
+    assert zone["healthy"] is False
+    assert zone["message"] == "2/2 nodes Ready, none yet for 60s"
+    ups = [e for e in cluster.events if e.reason in ("ZoneUnhealthy", "ZoneRecovered")]
+    assert [e.reason for e in ups] == ["ZoneUnhealthy"]
+
+    # The last flap left the nodes Ready at the last step's start; from then on they stay.
+    backs = []
+    for _ in range(8):
+        out = cluster.step()
+        cluster.settle()
+        backs.append(out.target["us-east-1a"])
+    assert backs == [0, 0, 0, 0, 1, 1, 1, 1], backs  # back once Ready 60 s (5 steps), not before
+    ups = [e for e in cluster.events if e.reason in ("ZoneUnhealthy", "ZoneRecovered")]
+    assert [e.reason for e in ups] == ["ZoneUnhealthy", "ZoneRecovered"]

@@ -335,3 +335,60 @@ def test_scaling_and_phase_events() -> None:
     assert event_messages(after, failed) == [Event("Warning", "HostingFailed", "bad")]
     assert event_messages(after, after) == []
     assert event_messages(None, before) == [Event("Normal", "StartingHosting", "starting")]
+
+
+def _running_unready(name: str, zone: str, started: datetime) -> dict[str, Any]:
+    """A unit whose container runs but whose readiness probe never passes."""
+    return {
+        "metadata": {"name": name, "labels": {"vigil.dev/model": "m", "vigil.dev/zone": zone}},
+        "status": {
+            "phase": "Running",
+            "startTime": format_time(started),
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "False",
+                    "reason": "ContainersNotReady",
+                    "message": "containers with unready status: [unit]",
+                }
+            ],
+        },
+    }
+
+
+def test_a_unit_never_ready_is_reported_once_late(now: datetime) -> None:
+    young = _running_unready("m-a-1", "a", now - timedelta(seconds=599))
+    old = _running_unready("m-b-1", "b", now - timedelta(seconds=601))
+    assert unit_problems([young, old], now=now) == [
+        "unit m-b-1: not Ready 601s after starting (containers with unready status: [unit])"
+    ]
+    assert unit_problems([old]) == []  # without a clock nothing counts as late
+    assert unit_problems([old], now=now, ready_timeout_s=900) == []
+
+
+def test_a_stuck_unit_beside_serving_ones_does_not_block_the_model(now: datetime) -> None:
+    """2 of 3 units serve, the third never turns Ready: Hosted, the stuck unit named
+    in the message, the Scaling condition and one Warning Event."""
+    stuck = _running_unready("m-c-1", "us-east-1c", now - timedelta(seconds=700))
+    problems = unit_problems([stuck], now=now)
+    ready = {"us-east-1a": 1, "us-east-1b": 1, "us-east-1c": 0}
+    first = _status(now, ready=ready, problems=problems)
+    assert first["phase"] == "Hosted"
+    assert first["message"] == (
+        "2/3 units in service; units cannot start: unit m-c-1: not Ready 700s after starting "
+        "(containers with unready status: [unit])"
+    )
+    scaling = _cond(first, "Scaling")
+    assert (scaling["status"], scaling["reason"]) == ("True", "UnitsNotReady")
+    assert "m-c-1" in scaling["message"]
+    starting = _status(now, ready=ready)  # before the unit was late
+    events = event_messages(starting, first)
+    assert [(e.type, e.reason) for e in events] == [
+        ("Warning", "UnitsNotReady"),
+        ("Normal", "Hosted"),
+    ]
+    assert events[0].message.startswith("units cannot start: unit m-c-1: not Ready")
+    again = _status(now, ready=ready, problems=problems, previous=first)
+    assert event_messages(first, again) == []  # reported once, not on every reconcile
+    none_serve = _status(now, ready={}, problems=problems)
+    assert none_serve["phase"] == "HostingFailed"
