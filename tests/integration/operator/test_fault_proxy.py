@@ -21,12 +21,20 @@ from tests.e2e.faults import ApiProxy, proxy_for, through
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
+def _load(path: Path) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(path.read_text())
+    return loaded
+
+
+def _write_through(kubeconfig: Path, proxy: ApiProxy, path: Path) -> None:
+    path.write_text(yaml.safe_dump(through(_load(kubeconfig), proxy)))
+
+
 @pytest_asyncio.fixture(loop_scope="session")
 async def proxied(kubeconfig: Path, tmp_path: Path) -> AsyncIterator[tuple[ApiProxy, Any]]:
-    loaded = yaml.safe_load(kubeconfig.read_text())
-    proxy = await proxy_for(loaded).start()
+    proxy = await proxy_for(_load(kubeconfig)).start()
     path = tmp_path / "proxied"
-    path.write_text(yaml.safe_dump(through(loaded, proxy)))
+    _write_through(kubeconfig, proxy, path)
     api = await config.new_client_from_config(config_file=str(path))
     try:
         yield proxy, api
