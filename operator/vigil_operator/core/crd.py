@@ -128,7 +128,17 @@ class ModelValidator:
 
     def __init__(self, crd: Mapping[str, Any], version: str = "v1alpha1") -> None:
         versions = {v["name"]: v for v in crd["spec"]["versions"]}
-        self.schema: Mapping[str, Any] = versions[version]["schema"]["openAPIV3Schema"]
+        self._compile(versions[version]["schema"]["openAPIV3Schema"])
+
+    @classmethod
+    def of_schema(cls, schema: Mapping[str, Any]) -> ModelValidator:
+        """A validator of one openAPIV3Schema (the API server emulator holds schemas)."""
+        validator = cls.__new__(cls)
+        validator._compile(schema)
+        return validator
+
+    def _compile(self, schema: Mapping[str, Any]) -> None:
+        self.schema: Mapping[str, Any] = schema
         self.rules = list(_iter_rules(self.schema, ""))
         self._json = jsonschema.Draft202012Validator(to_json_schema(self.schema))
         env = celpy.Environment()
@@ -148,8 +158,19 @@ class ModelValidator:
             for e in sorted(self._json.iter_errors(new), key=lambda e: list(e.absolute_path))
         ]
         before = self.default(old) if old is not None else _MISSING
-        found += self._check(self.schema, _cel_root(new), _cel_root(before), "")
+        found += [
+            f"{path or '<root>'}: {rule.message}"
+            for path, rule in self._check(self.schema, _cel_root(new), _cel_root(before), "")
+        ]
         return found
+
+    def rule_failures(
+        self, obj: Mapping[str, Any], old: Mapping[str, Any] | None = None
+    ) -> list[tuple[str, Rule]]:
+        """(path, rule) of every CEL rule `obj` (defaults applied) breaks, transition
+        rules against `old` on updates; the API server reports them one by one."""
+        before = _cel_root(dict(old)) if old is not None else _MISSING
+        return self._check(self.schema, _cel_root(dict(obj)), before, "")
 
     def evaluate(self, rule: Rule, value: Any, old: Any = _MISSING) -> bool:
         """One rule against a value at its place; an evaluation error counts as a failure."""
@@ -162,13 +183,15 @@ class ModelValidator:
             return False
         return isinstance(result, celtypes.BoolType) and bool(result)
 
-    def _check(self, node: Mapping[str, Any], value: Any, old: Any, path: str) -> list[str]:
+    def _check(
+        self, node: Mapping[str, Any], value: Any, old: Any, path: str
+    ) -> list[tuple[str, Rule]]:
         found = []
         for rule in (r for r in self.rules if r.schema is node):
             if rule.transition and old is _MISSING:
                 continue
             if not self.evaluate(rule, value, old):
-                found.append(f"{path or '<root>'}: {rule.message}")
+                found.append((path, rule))
         if isinstance(value, dict):
             props = node.get("properties") or {}
             extra = node.get("additionalProperties")

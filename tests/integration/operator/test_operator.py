@@ -25,7 +25,7 @@ from tests.tools import free_port
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.asyncio(loop_scope="session"),
-    pytest.mark.kube_emulator(pod_start_delay=0.3),
+    pytest.mark.kube_emulator(pod_start_delay=0.3, node_monitor_grace_period=1, eviction_delay=0),
 ]
 
 INTERVAL = 1.0  # the operator's reconcile timer in these tests

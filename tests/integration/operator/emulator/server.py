@@ -33,7 +33,14 @@ import yaml
 from kmock._internal import apps, rendering
 
 from . import errors, patches, selectors
-from .controllers import Controllers, PodStartHook, PodStopHook, pod_condition, set_condition
+from .controllers import (
+    NODE_LEASES,
+    Controllers,
+    PodStartHook,
+    PodStopHook,
+    pod_condition,
+    set_condition,
+)
 from .resources import ResourceType, model_crd
 from .store import DeleteOptions, Obj, ObjectStore, clone, now_iso, terminating
 
@@ -138,6 +145,13 @@ def _dumps(body: Any) -> str:
     return json.dumps(body, separators=(",", ":"))
 
 
+def _to_store(instance: Any, attribute: Any, value: Any) -> Any:
+    store = getattr(instance, "store", None)
+    if store is not None:
+        store.default_toleration_seconds = value
+    return value
+
+
 def _to_controllers(instance: Any, attribute: Any, value: Any) -> Any:
     """Keep the controllers' copy of a setting in step when a test changes it."""
     controllers = getattr(instance, "controllers", None)
@@ -154,20 +168,26 @@ class KubeEmulator(kmock.KubernetesEmulator):
     clients at ``kube.server_url`` or at ``kube.write_kubeconfig(path)``.
 
     Timing: a bound pod turns Running and Ready ``pod_start_delay`` seconds
-    later; pods of a NotReady node are marked not Ready at once and evicted
-    after ``eviction_delay``; a graceful pod deletion on a Ready node ends
-    after ``pod_termination_delay``. Hooks: ``pod_started(pod)`` (sync or
-    async) runs when the kubelet starts a pod and may return its IP (else
-    127.x.y.z, unique per pod); ``pod_stopped(pod)`` runs once it is gone.
+    later; a node whose kubelet stops heartbeating turns Ready=Unknown after
+    ``node_monitor_grace_period``; pods of a NotReady node are marked not
+    Ready at once and evicted after their tolerationSeconds (``eviction_delay``
+    unless they say otherwise); a graceful pod deletion ends when the kubelet
+    confirms it, ``pod_termination_delay`` later for the built-in one.
+    Hooks: ``pod_started(pod)`` (sync or async) runs when the kubelet starts a
+    pod and may return its IP (else 127.x.y.z, unique per pod);
+    ``pod_stopped(pod)`` runs once it is gone.
     """
 
-    # These five can also be changed on a running emulator (kube.eviction_delay = 2.0).
+    # These can also be changed on a running emulator (kube.pod_start_delay = 2.0).
     pod_start_delay: float = attrs.field(default=0.5, on_setattr=_to_controllers)
-    eviction_delay: float = attrs.field(default=0.0, on_setattr=_to_controllers)
+    # DefaultTolerationSeconds: the not-ready/unreachable tolerations given to new pods.
+    eviction_delay: int = attrs.field(default=300, on_setattr=_to_store)
+    node_monitor_grace_period: float = attrs.field(default=40.0, on_setattr=_to_controllers)
     pod_termination_delay: float = attrs.field(default=0.0, on_setattr=_to_controllers)
     pod_started: PodStartHook | None = attrs.field(default=None, on_setattr=_to_controllers)
     pod_stopped: PodStopHook | None = attrs.field(default=None, on_setattr=_to_controllers)
     run_controllers: bool = True  # False: a bare API server (no GC, no pods, no scheduling)
+    run_kubelet: bool = True  # False: nodes are left to an external kubelet (add_node(kubelet=))
     strict_namespaces: bool = True  # creating in a missing namespace is a 404, like the real one
     validate_schemas: bool = True  # CRD openAPIV3Schema validation (422); CEL is not evaluated
     install_model_crd: bool = True  # crds/models.vigil.dev.yaml, or a permissive stand-in
@@ -194,17 +214,18 @@ class KubeEmulator(kmock.KubernetesEmulator):
             validate_schemas=self.validate_schemas,
             seed=self.seed,
         )
+        self.store.default_toleration_seconds = self.eviction_delay
         self.controllers = Controllers(
             self.store,
             on_error=self._record_error,
             pod_start_delay=self.pod_start_delay,
-            eviction_delay=self.eviction_delay,
             pod_termination_delay=self.pod_termination_delay,
+            node_monitor_grace_period=self.node_monitor_grace_period,
         )
         self.controllers.pod_started = self.pod_started
         self.controllers.pod_stopped = self.pod_stopped
         self.store.listeners.append(lambda _: self._changed.set())
-        for name in ("default", "kube-system"):
+        for name in ("default", "kube-system", "kube-public", NODE_LEASES):
             self.create_namespace(name)
         if self.install_model_crd:
             self.create_object("customresourcedefinitions", model_crd())
@@ -888,8 +909,14 @@ class KubeEmulator(kmock.KubernetesEmulator):
         taints: Iterable[Obj] = (),
         ready: bool = True,
         address: str | None = None,
+        kubelet: bool | None = None,
     ) -> Obj:
-        """A registered node, Ready unless told otherwise, with GPUs in allocatable."""
+        """A registered node, Ready unless told otherwise, with GPUs in allocatable.
+
+        ``kubelet`` (default ``run_kubelet``): the built-in kubelet runs it
+        (Lease renewals, pods started and their deletions confirmed); else an
+        external kubelet must, or the node turns Unknown after the grace period.
+        """
         resources = {"cpu": cpu, "memory": memory, "pods": "110", "ephemeral-storage": "100Gi"}
         if gpus:
             resources[GPU] = str(gpus)
@@ -943,7 +970,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
             set_condition(holder, "Ready", "False", "KubeletNotReady", "container runtime is down")
         for cond in body["status"]["conditions"]:
             cond["lastHeartbeatTime"] = cond["lastTransitionTime"] = now_iso()
-        return self.create_object("v1/nodes", body)
+        node = self.create_object("v1/nodes", body)
+        if self.run_kubelet if kubelet is None else kubelet:
+            self.controllers.kubelets[name] = True
+            self.controllers.renew_lease(node)
+        return node
 
     def add_zones(
         self,
@@ -968,21 +999,17 @@ class KubeEmulator(kmock.KubernetesEmulator):
         ]
 
     def zone_down(self, zone: str) -> None:
-        """A zone outage: its nodes stop reporting (Ready=Unknown); see ``eviction_delay``."""
+        """A zone outage: its built-in kubelets stop heartbeating (Unknown after the grace)."""
         self.node_down(*self.nodes_in_zone(zone))
 
     def zone_up(self, zone: str) -> None:
         self.node_up(*self.nodes_in_zone(zone))
 
     def node_down(self, *names: str) -> None:
-        self.controllers.set_node_ready(
-            names, "Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status."
-        )
+        self.controllers.run_kubelet(names, False)
 
     def node_up(self, *names: str) -> None:
-        self.controllers.set_node_ready(
-            names, "True", "KubeletReady", "kubelet is posting ready status"
-        )
+        self.controllers.run_kubelet(names, True)
 
     def cordon(self, name: str, unschedulable: bool = True) -> None:
         self.patch_object("v1/nodes", name, {"spec": {"unschedulable": unschedulable or None}})

@@ -171,6 +171,8 @@ class ObjectStore:
         self.listeners: list[Callable[[Change], None]] = []
         self.strict_namespaces = strict_namespaces
         self.validate_schemas = validate_schemas
+        # The DefaultTolerationSeconds admission plugin's value (the real flags' default).
+        self.default_toleration_seconds = 300
         # Decides whether a DELETE is graceful (pods on a node): set by the controllers.
         self.graceful: Callable[[ResourceType, Obj], bool] | None = None
         self.random = random.Random(seed)
@@ -476,7 +478,9 @@ class ObjectStore:
             self._register_crd(created)
         return created
 
-    def _apply_schema(self, rt: ResourceType, obj: Obj) -> list[tuple[str, str]]:
+    def _apply_schema(
+        self, rt: ResourceType, obj: Obj, old: Obj | None = None
+    ) -> list[tuple[str, str]]:
         schema = self.catalog.schemas.get(rt.key)
         if not schema:
             return []
@@ -486,7 +490,7 @@ class ObjectStore:
         cached = self._validators.get(rt.key)
         if cached is None or cached[0] is not schema:  # compiled once per schema
             cached = self._validators[rt.key] = (schema, schemas.compile_validator(schema))
-        return cached[1](obj)
+        return cached[1](obj, old)
 
     def _register_crd(self, crd: Obj) -> None:
         for rt, schema in crd_resource_types(crd):
@@ -536,11 +540,13 @@ class ObjectStore:
                 result["status"] = proposed["status"]
             else:
                 result.pop("status", None)
+            if causes := self._apply_schema(rt, result, current):
+                raise errors.invalid(rt, name, causes)
         else:
             result = self._merge_server_fields(rt, proposed, current, scope)
             causes = self._validate_meta(rt, result) + kinds.validate(rt, result)
             causes += kinds.validate_update(rt, result, current, scope)
-            causes += self._apply_schema(rt, result)
+            causes += self._apply_schema(rt, result, current)
             if causes:
                 raise errors.invalid(rt, name, causes)
             if _spec_part(result) != _spec_part(current):
@@ -550,7 +556,7 @@ class ObjectStore:
         if dry_run:
             return result
         released = terminating(result) and not result["metadata"].get("finalizers")
-        if released and not (self.graceful and self.graceful(rt, result)):
+        if released and not result["metadata"].get("deletionGracePeriodSeconds"):
             return self._commit(rt, result, current, "DELETED")
         updated = self._commit(rt, result, current, "MODIFIED")
         if rt.key == _CRDS:
@@ -613,9 +619,13 @@ class ObjectStore:
         if options.dry_run:
             return current
         if terminating(current):
-            if options.grace_seconds == 0 and not cmd.get("finalizers"):
+            if options.grace_seconds != 0 or not cmd.get("deletionGracePeriodSeconds"):
+                return current
+            if not cmd.get("finalizers"):  # e.g. the kubelet confirming a pod's end
                 return self._commit(rt, clone(current), current, "DELETED")
-            return current
+            result = clone(current)
+            result["metadata"]["deletionGracePeriodSeconds"] = 0
+            return self._commit(rt, result, current, "MODIFIED")
         result = clone(current)
         md = result["metadata"]
         finalizers = list(md.get("finalizers") or [])
