@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from tests.integration.operator.emulator import (
+    ADMIN_TOKEN,
     GPU,
     ZONE_LABEL,
     EmulatorThread,
@@ -998,7 +1000,13 @@ async def test_request_counting_and_fault_injection(
 async def test_emulator_thread_serves_synchronous_clients(tmp_path: Path) -> None:
     with EmulatorThread(pod_start_delay=0.05) as thread:
         url = f"{thread.url}/api/v1/namespaces"
-        body = await asyncio.to_thread(lambda: json.load(urllib.request.urlopen(url, timeout=5)))
+        with pytest.raises(urllib.error.HTTPError) as anonymous:
+            await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5))
+        assert anonymous.value.code == 401
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        body = await asyncio.to_thread(
+            lambda: json.load(urllib.request.urlopen(request, timeout=5))
+        )
         assert {ns["metadata"]["name"] for ns in body["items"]} >= {"default"}
         thread.call(lambda kube: kube.add_zones(["zone-a"], nodes_per_zone=1))
         thread.call(
@@ -1011,7 +1019,8 @@ async def test_emulator_thread_serves_synchronous_clients(tmp_path: Path) -> Non
             )
         )
         await thread.arun(lambda kube: kube.wait_for(lambda: kube.ready_pods("default")))
-        assert thread.call(lambda kube: kube.count("list", "namespaces")) == 1
+        assert thread.call(lambda kube: kube.count("list", "namespaces", code=401)) == 1
+        assert thread.call(lambda kube: kube.count("list", "namespaces", code=200)) == 1
         assert thread.write_kubeconfig(tmp_path / "kc").exists()
         assert thread.internal_errors == []
 

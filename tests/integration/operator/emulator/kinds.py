@@ -112,6 +112,10 @@ _SPECLESS = {
     "Secret",
     "ServiceAccount",
     "Endpoints",
+    "Role",
+    "RoleBinding",
+    "ClusterRole",
+    "ClusterRoleBinding",
 }
 
 

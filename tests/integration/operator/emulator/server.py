@@ -32,7 +32,7 @@ import kmock
 import yaml
 from kmock._internal import apps, rendering
 
-from . import errors, patches, selectors
+from . import auth, errors, patches, selectors
 from .controllers import (
     NODE_LEASES,
     Controllers,
@@ -107,6 +107,7 @@ class ApiCall:
     code: int
     path: str
     intercepted: bool = False  # answered by a test-declared kmock reaction
+    user: str = ""  # who made it ("" when unauthenticated)
 
     @property
     def resource_id(self) -> str:
@@ -197,6 +198,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     store: ObjectStore = attrs.field(init=False)
     controllers: Controllers = attrs.field(init=False)
+    authenticator: auth.Authenticator = attrs.field(init=False)
     calls: list[ApiCall] = attrs.field(init=False, factory=list)
     internal_errors: list[BaseException] = attrs.field(init=False, factory=list)
     _changed: asyncio.Event = attrs.field(init=False, factory=asyncio.Event)
@@ -225,8 +227,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
         self.controllers.pod_started = self.pod_started
         self.controllers.pod_stopped = self.pod_stopped
         self.store.listeners.append(lambda _: self._changed.set())
+        self.authenticator = auth.Authenticator(self.store)
         for name in ("default", "kube-system", "kube-public", NODE_LEASES):
             self.create_namespace(name)
+        for plural, body in auth.bootstrap_policy():
+            self.create_object(f"{auth.RBAC}/v1/{plural}", body)
         if self.install_model_crd:
             self.create_object("customresourcedefinitions", model_crd())
 
@@ -264,14 +269,17 @@ class KubeEmulator(kmock.KubernetesEmulator):
     def server_url(self) -> str:
         return str(self.url).rstrip("/")
 
-    def write_kubeconfig(self, path: Path, *, namespace: str = "default") -> Path:
-        """A kubeconfig for kopf, kubectl and kubernetes_asyncio (token auth, plain HTTP)."""
+    def write_kubeconfig(
+        self, path: Path, *, namespace: str = "default", token: str = auth.ADMIN_TOKEN
+    ) -> Path:
+        """A kubeconfig for kopf, kubectl and kubernetes_asyncio (plain HTTP), by default
+        the admin's; ``token`` e.g. from the TokenRequest API, for a ServiceAccount."""
         config = {
             "apiVersion": "v1",
             "kind": "Config",
             "current-context": "vigil-emulator",
             "clusters": [{"name": "vigil-emulator", "cluster": {"server": self.server_url}}],
-            "users": [{"name": "vigil-tester", "user": {"token": "vigil-emulator-token"}}],
+            "users": [{"name": "vigil-tester", "user": {"token": token}}],
             "contexts": [
                 {
                     "name": "vigil-emulator",
@@ -288,6 +296,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     def _record_error(self, error: BaseException) -> None:
         self.internal_errors.append(error)
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Any:
+        """kmock's client shortcuts (``await kube.get(path)``), as the admin unless told."""
+        headers = {"Authorization": f"Bearer {auth.ADMIN_TOKEN}", **kwargs.pop("headers", {})}
+        return super().request(method, url, headers=headers, **kwargs)
 
     # --- HTTP entry point ---
 
@@ -350,6 +363,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         route = parse_route(raw.path)
         intercepted = True
         recorded = False
+        user = ""
 
         def record(code: int) -> None:
             """Log the call once: when answered, or when a watch stream starts."""
@@ -369,9 +383,18 @@ class KubeEmulator(kmock.KubernetesEmulator):
                     code=code,
                     path=raw.path,
                     intercepted=intercepted,
+                    user=user,
                 )
             )
 
+        try:
+            who = self.authenticator.authenticate(raw.headers.get("Authorization"))
+            user = who.user
+            auth.authorize(self.store, who, self._auth_request(raw, route))
+        except errors.ApiError as e:
+            intercepted = False
+            record(e.code)
+            return _json(e.status(), e.code)
         try:
             # Reactions declared by the test (fault injection, overrides) come first.
             response = await apps.RawHandler._handle(self, request)
@@ -380,6 +403,22 @@ class KubeEmulator(kmock.KubernetesEmulator):
             response = await self._serve(raw, route, request.data, record)
         record(response.status)
         return response
+
+    @staticmethod
+    def _auth_request(raw: aiohttp.web.BaseRequest, route: Route | None) -> auth.Request:
+        """The request's attributes as RBAC sees them (kube-apiserver's RequestInfo)."""
+        verb = _verb(raw.method, route, raw.query)
+        if route is None:
+            return auth.Request(verb, raw.path.rstrip("/") or "/")
+        namespace, name = route.namespace, route.name
+        if route.group == "" and route.plural == "namespaces" and name:
+            namespace = name  # a namespace is its own namespace
+        selected = raw.query.get("fieldSelector", "")
+        if verb in ("list", "watch") and selected.startswith("metadata.name="):
+            name = selected.removeprefix("metadata.name=")
+        return auth.Request(
+            verb, raw.path, route.group, route.plural, route.subresource, namespace, name
+        )
 
     async def _serve(
         self,
@@ -512,6 +551,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 return _json(self.controllers.evict(ns or "", name, data or {}), 201)
             if name and sub == "binding":
                 return _json(self._bind(ns or "", name, data or {}), 201)
+            if name and sub == "token":
+                return _json(self._token_request(ns or "", name, data or {}), 201)
             raise errors.method_not_allowed()
         if name is None:
             if method == "DELETE":
@@ -726,6 +767,24 @@ class KubeEmulator(kmock.KubernetesEmulator):
             "metadata": {},
             "status": "Success",
             "code": 201,
+        }
+
+    def _token_request(self, namespace: str, name: str, body: Obj) -> Obj:
+        """The TokenRequest API (``kubectl create token``): a token for a ServiceAccount."""
+        account = self.store.read(
+            self.store.catalog.types[("", "v1", "serviceaccounts")], namespace, name
+        )
+        spec = dict(body.get("spec") or {})
+        spec.setdefault("expirationSeconds", 3600)
+        return {
+            "kind": "TokenRequest",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+            "status": {
+                "token": self.authenticator.issue(account),
+                "expirationTimestamp": now_iso(spec["expirationSeconds"]),
+            },
         }
 
     def _finalize(self, rt: ResourceType, name: str, data: Any) -> Obj:

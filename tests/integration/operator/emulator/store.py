@@ -43,6 +43,7 @@ NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"  # what the API server's generateName
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_PATH_SEGMENT = re.compile(r"^(?!\.\.?$)[^/%]+$")
 # Fields the server owns; clients cannot set them on create or change them on update.
 _CRDS = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 _SERVER_META = (
@@ -390,6 +391,7 @@ class ObjectStore:
         rule, pattern, limit = {
             "label": ("a lowercase RFC 1123 label", _LABEL, 63),
             "label1035": ("a DNS-1035 label", _LABEL1035, 63),
+            "path": ("a path segment name", _PATH_SEGMENT, 253),  # RBAC: "system:discovery"
         }.get(rt.name_rule, ("a lowercase RFC 1123 subdomain", _SUBDOMAIN, 253))
         if not isinstance(name, str) or len(name) > limit or not pattern.match(name):
             causes.append(
