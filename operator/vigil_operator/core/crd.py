@@ -165,12 +165,14 @@ class ModelValidator:
         return found
 
     def rule_failures(
-        self, obj: Mapping[str, Any], old: Mapping[str, Any] | None = None
+        self, obj: Mapping[str, Any], old: Mapping[str, Any] | None = None, *, ratchet: bool = False
     ) -> list[tuple[str, Rule]]:
         """(path, rule) of every CEL rule `obj` (defaults applied) breaks, transition
-        rules against `old` on updates; the API server reports them one by one."""
+        rules against `old` on updates; the API server reports them one by one.
+        `ratchet`: values an update leaves as they were are not re-checked
+        (the API server's validation ratcheting, GA in Kubernetes 1.33)."""
         before = _cel_root(dict(old)) if old is not None else _MISSING
-        return self._check(self.schema, _cel_root(dict(obj)), before, "")
+        return self._check(self.schema, _cel_root(dict(obj)), before, "", ratchet)
 
     def evaluate(self, rule: Rule, value: Any, old: Any = _MISSING) -> bool:
         """One rule against a value at its place; an evaluation error counts as a failure."""
@@ -184,8 +186,10 @@ class ModelValidator:
         return isinstance(result, celtypes.BoolType) and bool(result)
 
     def _check(
-        self, node: Mapping[str, Any], value: Any, old: Any, path: str
+        self, node: Mapping[str, Any], value: Any, old: Any, path: str, ratchet: bool = False
     ) -> list[tuple[str, Rule]]:
+        if ratchet and value == old:
+            return []
         found = []
         for rule in (r for r in self.rules if r.schema is node):
             if rule.transition and old is _MISSING:
@@ -200,11 +204,13 @@ class ModelValidator:
                 if sub is None:
                     continue
                 sub_old = old.get(key, _MISSING) if isinstance(old, dict) else _MISSING
-                found += self._check(sub, sub_value, sub_old, f"{path}.{key}" if path else key)
+                found += self._check(
+                    sub, sub_value, sub_old, f"{path}.{key}" if path else key, ratchet
+                )
         elif isinstance(value, list) and isinstance(node.get("items"), Mapping):
             olds = _correlate(node, value, old)
             for i, item in enumerate(value):
-                found += self._check(node["items"], item, olds[i], f"{path}[{i}]")
+                found += self._check(node["items"], item, olds[i], f"{path}[{i}]", ratchet)
         return found
 
 

@@ -5,7 +5,8 @@ The API server drops fields a CRD's schema does not declare (unless
 rejects objects that break the schema with a 422. An operator can come to
 rely on all three without noticing, so the emulator does them too, and
 evaluates the schema's CEL rules (``x-kubernetes-validations``, transition
-rules against the old object on updates) with the operator's own evaluator
+rules against the old object on updates, values an update leaves unchanged
+not re-checked as with the API server's ratcheting) with the operator's own evaluator
 (:class:`vigil_operator.core.crd.ModelValidator`), worded as the API server
 words them: ``spec: Invalid value: "object": <the rule's message>``.
 """
@@ -95,7 +96,7 @@ def compile_validator(schema: dict[str, Any]) -> Validator:
             causes.append((path, f"Invalid value: {error.instance!r}: {error.message}"))
         if causes:  # rules may assume the schema's types: evaluated on valid objects only
             return causes
-        for path, rule in rules.rule_failures(obj, old):
+        for path, rule in rules.rule_failures(obj, old, ratchet=True):
             kind = rule.schema.get("type", "object")
             causes.append((path or "<nil>", f'Invalid value: "{kind}": {rule.message}'))
         return causes
