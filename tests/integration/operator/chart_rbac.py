@@ -56,7 +56,9 @@ async def install(
         kube.create_object(doc["kind"], doc, doc["metadata"].get("namespace"))
     (account,) = [d["metadata"] for d in docs if d["kind"] == "ServiceAccount"]
     request = await client.CoreV1Api(api).create_namespaced_service_account_token(
-        account["name"], account["namespace"], {"spec": {}}
+        account["name"],
+        account["namespace"],
+        client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[])),
     )
     return f"system:serviceaccount:{account['namespace']}:{account['name']}", request.status.token
 

@@ -223,8 +223,8 @@ class Controllers:
         self._monitor_task = asyncio.create_task(self._monitor(), name="kube-emulator-heartbeats")
 
     async def stop(self) -> None:
-        tasks = [self._task, self._monitor_task, *self._starting.values()]
-        tasks = [t for t in tasks if t is not None]
+        candidates = [self._task, self._monitor_task, *self._starting.values()]
+        tasks = [t for t in candidates if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -231,7 +231,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         for name in ("default", "kube-system", "kube-public", NODE_LEASES):
             self.create_namespace(name)
         for plural, body in auth.bootstrap_policy():
-            self.create_object(f"{auth.RBAC}/v1/{plural}", body)
+            self.create_object(f"rbac.authorization.k8s.io/v1/{plural}", body)
         if self.install_model_crd:
             self.create_object("customresourcedefinitions", model_crd())
 
