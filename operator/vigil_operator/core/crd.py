@@ -129,7 +129,17 @@ class ModelValidator:
 
     def __init__(self, crd: Mapping[str, Any], version: str = "v1alpha1") -> None:
         versions = {v["name"]: v for v in crd["spec"]["versions"]}
-        self.schema: Mapping[str, Any] = versions[version]["schema"]["openAPIV3Schema"]
+        self._compile(versions[version]["schema"]["openAPIV3Schema"])
+
+    @classmethod
+    def of_schema(cls, schema: Mapping[str, Any]) -> ModelValidator:
+        """A validator of one openAPIV3Schema (the API server emulator holds schemas)."""
+        validator = cls.__new__(cls)
+        validator._compile(schema)
+        return validator
+
+    def _compile(self, schema: Mapping[str, Any]) -> None:
+        self.schema: Mapping[str, Any] = schema
         self.rules = list(_iter_rules(self.schema, ""))
         self._json = jsonschema.Draft202012Validator(to_json_schema(self.schema))
         env = celpy.Environment()
@@ -149,8 +159,21 @@ class ModelValidator:
             for e in sorted(self._json.iter_errors(new), key=lambda e: list(e.absolute_path))
         ]
         before = self.default(old) if old is not None else _MISSING
-        found += self._check(self.schema, _cel_root(new), _cel_root(before), "")
+        found += [
+            f"{path or '<root>'}: {reason}"
+            for path, _, reason in self._check(self.schema, _cel_root(new), _cel_root(before), "")
+        ]
         return found
+
+    def rule_failures(
+        self, obj: Mapping[str, Any], old: Mapping[str, Any] | None = None, *, ratchet: bool = False
+    ) -> list[tuple[str, Rule, str]]:
+        """(path, rule, reason) of every CEL rule `obj` (defaults applied) breaks, transition
+        rules against `old` on updates; the API server reports them one by one.
+        `ratchet`: values an update leaves as they were are not re-checked
+        (the API server's validation ratcheting, GA in Kubernetes 1.33)."""
+        before = _cel_root(dict(old)) if old is not None else _MISSING
+        return self._check(self.schema, _cel_root(dict(obj)), before, "", ratchet)
 
     def evaluate(self, rule: Rule, value: Any, old: Any = _MISSING) -> bool:
         """One rule against a value at its place; an evaluation error counts as a failure."""
@@ -175,16 +198,20 @@ class ModelValidator:
         """The CEL rules of `node` and of the nodes below it against `value` as it
         stands (no defaults filled in), as "path: reason": how the API server checks
         a `default` when a CRD is created."""
-        return self._check(node, value, _MISSING, path)
+        return [f"{p or '<root>'}: {why}" for p, _, why in self._check(node, value, _MISSING, path)]
 
-    def _check(self, node: Mapping[str, Any], value: Any, old: Any, path: str) -> list[str]:
+    def _check(
+        self, node: Mapping[str, Any], value: Any, old: Any, path: str, ratchet: bool = False
+    ) -> list[tuple[str, Rule, str]]:
+        if ratchet and value == old:
+            return []
         found = []
         for rule in (r for r in self.rules if r.schema is node):
             if rule.transition and old is _MISSING:
                 continue
             reason = self.failure(rule, value, old)
             if reason is not None:
-                found.append(f"{path or '<root>'}: {reason}")
+                found.append((path, rule, reason))
         if isinstance(value, dict):
             props = node.get("properties") or {}
             extra = node.get("additionalProperties")
@@ -193,11 +220,13 @@ class ModelValidator:
                 if sub is None:
                     continue
                 sub_old = old.get(key, _MISSING) if isinstance(old, dict) else _MISSING
-                found += self._check(sub, sub_value, sub_old, f"{path}.{key}" if path else key)
+                found += self._check(
+                    sub, sub_value, sub_old, f"{path}.{key}" if path else key, ratchet
+                )
         elif isinstance(value, list) and isinstance(node.get("items"), Mapping):
             olds = _correlate(node, value, old)
             for i, item in enumerate(value):
-                found += self._check(node["items"], item, olds[i], f"{path}[{i}]")
+                found += self._check(node["items"], item, olds[i], f"{path}[{i}]", ratchet)
         return found
 
 

@@ -1,5 +1,7 @@
-"""Fixtures for tests against the API server emulator (see emulator/fixtures.py)."""
+"""Fixtures for tests against the API server emulator (see emulator/fixtures.py),
+and the operator's identity from the chart's RBAC (see chart_rbac.py)."""
 
+from tests.integration.operator.chart_rbac import chart_rbac, operator_identity
 from tests.integration.operator.emulator.fixtures import (
     kube,
     kube_api,
@@ -8,12 +10,17 @@ from tests.integration.operator.emulator.fixtures import (
     kubeconfig,
     pytest_configure,
 )
+from tests.unit.chart.conftest import helm, render
 
 __all__ = [
+    "chart_rbac",
+    "helm",
     "kube",
     "kube_api",
     "kube_namespace",
     "kube_options",
     "kubeconfig",
+    "operator_identity",
     "pytest_configure",
+    "render",
 ]

@@ -25,6 +25,7 @@ from aiohttp import web
 from kubernetes_asyncio import client
 from prometheus_client import generate_latest
 
+from tests.integration.operator.chart_rbac import OperatorIdentity
 from tests.integration.operator.emulator import KubeEmulator, OperatorProcess
 from tests.tools import free_port
 from vigil_inference.metrics import InferenceMetrics
@@ -102,7 +103,7 @@ async def units(kube: KubeEmulator) -> AsyncIterator[FakeUnits]:
 async def test_load_scales_up_within_bounds_and_back_down(
     kube: KubeEmulator,
     units: FakeUnits,
-    kubeconfig: Path,
+    operator_identity: OperatorIdentity,
     kube_api: client.ApiClient,
     kube_namespace: str,
     tmp_path: Path,
@@ -124,7 +125,7 @@ async def test_load_scales_up_within_bounds_and_back_down(
             "--reconcile-interval",
             "1",
         ],
-        kubeconfig=kubeconfig,
+        kubeconfig=operator_identity.kubeconfig,
         log_path=tmp_path / "operator.log",
         env={
             "VIGIL_SCRAPE_INTERVAL": "0.5",

@@ -8,7 +8,9 @@ emulator's own helpers are used only to arrange the cluster and to assert.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,21 +18,24 @@ from typing import Any
 
 import kmock
 import pytest
-from kubernetes_asyncio import client, watch
+from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from tests.integration.operator.emulator import (
+    ADMIN_TOKEN,
     GPU,
     ZONE_LABEL,
     EmulatorThread,
     KubeEmulator,
     OperatorProcess,
+    auth,
     kopf_command,
 )
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="session"),
-    pytest.mark.kube_emulator(pod_start_delay=0.1),
+    # Zone outages show within a second; evictions come at once unless a test says otherwise.
+    pytest.mark.kube_emulator(pod_start_delay=0.1, node_monitor_grace_period=0.5, eviction_delay=0),
 ]
 
 NS = "vigil-test"
@@ -746,7 +751,7 @@ async def test_zone_outage_moves_units_that_may_run_elsewhere(
     )
 
 
-@pytest.mark.kube_emulator(eviction_delay=0.3)
+@pytest.mark.kube_emulator(eviction_delay=1)
 async def test_eviction_waits_for_the_eviction_delay(
     kube: KubeEmulator, apps: client.AppsV1Api
 ) -> None:
@@ -760,7 +765,7 @@ async def test_eviction_waits_for_the_eviction_delay(
     (pod,) = await kube.wait_for(lambda: not kube.ready_pods(NS) and kube.pods(NS))
     assert not pod["metadata"].get("deletionTimestamp")  # NotReady first, not yet evicted
     await kube.wait_for(lambda: any(p["metadata"].get("deletionTimestamp") for p in kube.pods(NS)))
-    assert loop.time() - down_at >= 0.3
+    assert loop.time() - down_at >= 1
 
 
 async def test_pod_disruption_budget_status_and_eviction(
@@ -997,7 +1002,13 @@ async def test_request_counting_and_fault_injection(
 async def test_emulator_thread_serves_synchronous_clients(tmp_path: Path) -> None:
     with EmulatorThread(pod_start_delay=0.05) as thread:
         url = f"{thread.url}/api/v1/namespaces"
-        body = await asyncio.to_thread(lambda: json.load(urllib.request.urlopen(url, timeout=5)))
+        with pytest.raises(urllib.error.HTTPError) as anonymous:
+            await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5))
+        assert anonymous.value.code == 401
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        body = await asyncio.to_thread(
+            lambda: json.load(urllib.request.urlopen(request, timeout=5))
+        )
         assert {ns["metadata"]["name"] for ns in body["items"]} >= {"default"}
         thread.call(lambda kube: kube.add_zones(["zone-a"], nodes_per_zone=1))
         thread.call(
@@ -1010,7 +1021,8 @@ async def test_emulator_thread_serves_synchronous_clients(tmp_path: Path) -> Non
             )
         )
         await thread.arun(lambda kube: kube.wait_for(lambda: kube.ready_pods("default")))
-        assert thread.call(lambda kube: kube.count("list", "namespaces")) == 1
+        assert thread.call(lambda kube: kube.count("list", "namespaces", code=401)) == 1
+        assert thread.call(lambda kube: kube.count("list", "namespaces", code=200)) == 1
         assert thread.write_kubeconfig(tmp_path / "kc").exists()
         assert thread.internal_errors == []
 
@@ -1083,3 +1095,307 @@ async def test_kopf_operator_runs_against_the_emulator(
     assert kube.count("patch", "models", subresource="status") >= 1
     assert kube.count("create", "events") >= 1
     assert "Traceback" not in operator.log
+
+
+# --- CEL rules, as the API server runs them per request ---
+
+
+async def test_cel_rules_refuse_with_the_api_servers_message(
+    custom: client.CustomObjectsApi,
+) -> None:
+    with pytest.raises(ApiException) as e:
+        await custom.create_namespaced_custom_object(
+            *MODELS, NS, "models", model("bad", minUnits=4, maxUnits=2)
+        )
+    assert e.value.status == 422
+    assert status_of(e.value)["message"] == (
+        'Model.vigil.dev "bad" is invalid: spec: Invalid value: "object": '
+        "maxUnits must be greater than or equal to minUnits"
+    )
+    args = (*MODELS, NS, "models", "good")
+    created = await custom.create_namespaced_custom_object(*MODELS, NS, "models", model("good"))
+    assert created["spec"]["scaling"]["target"] == 0.6  # the schema's defaults applied
+    with pytest.raises(ApiException) as e:  # the rule holds on updates too
+        await custom.patch_namespaced_custom_object(
+            *args, {"spec": {"minUnits": 3, "maxUnits": 2}}, _content_type=MERGE
+        )
+    assert e.value.status == 422 and "maxUnits must be" in status_of(e.value)["message"]
+
+    # The status subresource: its schema, and a transition rule against the old object.
+    await custom.patch_namespaced_custom_object_status(
+        *args, {"status": {"observedGeneration": 5}}, _content_type=MERGE
+    )
+    with pytest.raises(ApiException) as e:
+        await custom.patch_namespaced_custom_object_status(
+            *args, {"status": {"observedGeneration": 3}}, _content_type=MERGE
+        )
+    assert status_of(e.value)["message"] == (
+        'Model.vigil.dev "good" is invalid: status.observedGeneration: Invalid value: '
+        '"integer": status.observedGeneration must not go backwards'
+    )
+    with pytest.raises(ApiException) as e:
+        await custom.patch_namespaced_custom_object_status(
+            *args, {"status": {"desiredUnits": "three"}}, _content_type=MERGE
+        )
+    assert e.value.status == 422 and "status.desiredUnits" in status_of(e.value)["message"]
+
+
+# --- authentication and RBAC ---
+
+
+@pytest.mark.parametrize(
+    ("rule", "request_", "allowed"),
+    [
+        (
+            {"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]},
+            ("delete", "apps", "deployments"),
+            True,
+        ),
+        ({"verbs": ["get"], "apiGroups": [""], "resources": ["pods"]}, ("list", "", "pods"), False),
+        (
+            {"verbs": ["list"], "apiGroups": ["apps"], "resources": ["pods"]},
+            ("list", "", "pods"),
+            False,
+        ),
+        (
+            {"verbs": ["patch"], "apiGroups": ["vigil.dev"], "resources": ["models"]},
+            ("patch", "vigil.dev", "models/status"),
+            False,
+        ),
+        (
+            {"verbs": ["patch"], "apiGroups": ["vigil.dev"], "resources": ["models/status"]},
+            ("patch", "vigil.dev", "models/status"),
+            True,
+        ),
+        (
+            {"verbs": ["patch"], "apiGroups": ["vigil.dev"], "resources": ["*/status"]},
+            ("patch", "vigil.dev", "models/status"),
+            True,
+        ),
+        (
+            {
+                "verbs": ["get"],
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "resourceNames": ["a"],
+            },
+            ("get", "", "configmaps", "a"),
+            True,
+        ),
+        (
+            {
+                "verbs": ["get"],
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "resourceNames": ["a"],
+            },
+            ("get", "", "configmaps", "b"),
+            False,
+        ),
+        (
+            {
+                "verbs": ["list"],
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "resourceNames": ["a"],
+            },
+            ("list", "", "configmaps"),
+            False,
+        ),
+        ({"verbs": ["get"], "nonResourceURLs": ["/apis/*"]}, ("get", "/apis/apps/v1"), True),
+        ({"verbs": ["get"], "nonResourceURLs": ["/apis"]}, ("get", "/apis/apps"), False),
+        ({"verbs": ["get"], "apiGroups": ["*"], "resources": ["*"]}, ("get", "/api"), False),
+    ],
+)
+async def test_rbac_rules_match_as_the_authorizer_does(
+    rule: dict[str, Any], request_: tuple[str, ...], allowed: bool
+) -> None:
+    if request_[1].startswith("/"):
+        request = auth.Request(request_[0], request_[1])
+    else:
+        verb, group, resource, *name = request_
+        plural, _, sub = resource.partition("/")
+        request = auth.Request(verb, "/", group, plural, sub or None, NS, *name)
+    assert auth.rule_allows(rule, request) is allowed
+
+
+async def test_service_account_tokens_are_held_to_stored_rbac(
+    kube: KubeEmulator, core: client.CoreV1Api, tmp_path: Path
+) -> None:
+    await core.create_namespaced_service_account(NS, {"metadata": {"name": "robot"}})
+    issued = await core.create_namespaced_service_account_token("robot", NS, {"spec": {}})
+    kubeconfig = kube.write_kubeconfig(tmp_path / "kc", namespace=NS, token=issued.status.token)
+    user = f"system:serviceaccount:{NS}:robot"
+    async with await config.new_client_from_config(config_file=str(kubeconfig)) as api:
+        robot = client.CoreV1Api(api)
+        assert (await client.CustomObjectsApi(api).get_api_resources(*MODELS)).resources
+        with pytest.raises(ApiException) as e:
+            await robot.list_namespaced_pod(NS)
+        assert e.value.status == 403 and status_of(e.value)["message"] == (
+            f'pods is forbidden: User "{user}" cannot list resource "pods" in API group "" '
+            f'in the namespace "{NS}"'
+        )
+        with pytest.raises(ApiException) as e:
+            await client.CustomObjectsApi(api).list_cluster_custom_object(*MODELS, "models")
+        assert status_of(e.value)["message"] == (
+            f'models.vigil.dev is forbidden: User "{user}" cannot list resource "models" '
+            'in API group "vigil.dev" at the cluster scope'
+        )
+
+        admin_rbac = client.RbacAuthorizationV1Api(core.api_client)
+        rules = [
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+            {
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "verbs": ["get"],
+                "resourceNames": ["open"],
+            },
+        ]
+        await admin_rbac.create_namespaced_role(NS, {"metadata": {"name": "r"}, "rules": rules})
+        binding = {
+            "metadata": {"name": "r"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "r"},
+            "subjects": [{"kind": "ServiceAccount", "name": "robot", "namespace": NS}],
+        }
+        await admin_rbac.create_namespaced_role_binding(NS, binding)
+        assert (await robot.list_namespaced_pod(NS)).items == []
+        with pytest.raises(ApiException) as e:  # watch is a verb of its own
+            await robot.list_namespaced_pod(NS, watch=True, timeout_seconds=1)
+        assert e.value.status == 403 and "cannot watch resource" in status_of(e.value)["message"]
+        for name in ("open", "closed"):
+            await core.create_namespaced_config_map(NS, {"metadata": {"name": name}})
+        assert (await robot.read_namespaced_config_map("open", NS)).metadata.name == "open"
+        with pytest.raises(ApiException) as e:
+            await robot.read_namespaced_config_map("closed", NS)
+        assert status_of(e.value)["message"].startswith('configmaps "closed" is forbidden:')
+
+        await core.delete_namespaced_service_account("robot", NS)  # its tokens die with it
+        with pytest.raises(ApiException) as e:
+            await robot.list_namespaced_pod(NS)
+        assert e.value.status == 401 and status_of(e.value)["reason"] == "Unauthorized"
+    assert kube.count("list", "pods", code=200) == 1
+    assert {c.user for c in kube.calls if c.code == 403} == {user}
+
+
+# --- node lifecycle, as the node lifecycle controller and kubelets play it ---
+
+
+def pod(name: str, node: str | None = None, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"containers": [{"name": "c", "image": "i"}], **spec}
+    if node:
+        body["nodeName"] = node
+    return {"metadata": {"name": name}, "spec": body}
+
+
+def taints(kube: KubeEmulator, node: str) -> set[tuple[str, str]]:
+    found = kube.get_object("nodes", node) or {}
+    return {(t["key"], t["effect"]) for t in found.get("spec", {}).get("taints") or []}
+
+
+def node_ready(kube: KubeEmulator, node: str) -> str | None:
+    found = kube.get_object("nodes", node) or {}
+    conditions = found.get("status", {}).get("conditions") or []
+    return next((c["status"] for c in conditions if c["type"] == "Ready"), None)
+
+
+@pytest.mark.kube_emulator(eviction_delay=300)
+async def test_pods_get_the_default_toleration_seconds(core: client.CoreV1Api) -> None:
+    created = await core.create_namespaced_pod(NS, pod("p"))
+    assert {(t.key, t.effect, t.toleration_seconds) for t in created.spec.tolerations} == {
+        ("node.kubernetes.io/not-ready", "NoExecute", 300),
+        ("node.kubernetes.io/unreachable", "NoExecute", 300),
+    }
+    own = {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"}
+    kept = await core.create_namespaced_pod(NS, pod("q", tolerations=[own]))
+    assert [(t.key, t.toleration_seconds) for t in kept.spec.tolerations] == [
+        ("node.kubernetes.io/unreachable", None),
+        ("node.kubernetes.io/not-ready", 300),
+    ]
+
+
+async def test_an_external_kubelet_heartbeats_through_its_lease(
+    kube: KubeEmulator, kube_api: client.ApiClient, core: client.CoreV1Api
+) -> None:
+    kube.add_node("ext-1", zone="zone-x", kubelet=False)
+    leases = client.CoordinationV1Api(kube_api)
+    lease = {
+        "metadata": {"name": "ext-1"},
+        "spec": {"holderIdentity": "ext-1", "leaseDurationSeconds": 40},
+    }
+    await leases.create_namespaced_lease("kube-node-lease", lease)
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 1.5  # three grace periods of renewals keep it Ready
+    while loop.time() < end:
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        await leases.patch_namespaced_lease(
+            "ext-1", "kube-node-lease", {"spec": {"renewTime": now}}
+        )
+        await asyncio.sleep(0.1)
+    assert node_ready(kube, "ext-1") == "True" and taints(kube, "ext-1") == set()
+    await core.create_namespaced_pod(NS, pod("on-ext", "ext-1"))
+
+    await kube.wait_for(lambda: node_ready(kube, "ext-1") == "Unknown", timeout=3)
+    node = kube.get_object("nodes", "ext-1")
+    assert node is not None
+    assert {c["reason"] for c in node["status"]["conditions"]} == {"NodeStatusUnknown"}
+    unreachable = "node.kubernetes.io/unreachable"
+    await kube.wait_for(
+        lambda: taints(kube, "ext-1") == {(unreachable, "NoSchedule"), (unreachable, "NoExecute")}
+    )
+    # Evicted (eviction_delay=0) but Terminating: only its kubelet can confirm the end.
+    going = await kube.wait_for(
+        lambda: (
+            (kube.get_object("pods", "on-ext", NS) or {})
+            .get("metadata", {})
+            .get("deletionTimestamp")
+        )
+    )
+    assert going
+    await asyncio.sleep(0.3)
+    assert kube.get_object("pods", "on-ext", NS) is not None
+    await core.delete_namespaced_pod("on-ext", NS, grace_period_seconds=0)
+    assert kube.get_object("pods", "on-ext", NS) is None
+
+    await core.patch_node_status(
+        "ext-1",
+        {
+            "status": {
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "False",
+                        "reason": "KubeletNotReady",
+                        "lastHeartbeatTime": datetime.datetime.now(datetime.UTC).strftime(
+                            "%Y-%m-%dT%H:%M:%SZ"
+                        ),
+                    }
+                ]
+            }
+        },
+    )
+    not_ready = "node.kubernetes.io/not-ready"
+    await kube.wait_for(
+        lambda: taints(kube, "ext-1") == {(not_ready, "NoSchedule"), (not_ready, "NoExecute")}
+    )
+
+
+@pytest.mark.kube_emulator(zones=("zone-a",), nodes_per_zone=1)
+async def test_nothing_is_evicted_when_every_node_is_down(
+    kube: KubeEmulator, core: client.CoreV1Api
+) -> None:
+    await core.create_namespaced_pod(NS, pod("survivor"))
+    await kube.wait_for(lambda: kube.ready_pods(NS))
+    kube.node_down("zone-a-node-1")
+    unreachable = "node.kubernetes.io/unreachable"
+    await kube.wait_for(
+        lambda: taints(kube, "zone-a-node-1") == {(unreachable, "NoSchedule")}, timeout=3
+    )
+    await kube.wait_for(lambda: not kube.ready_pods(NS))
+    await asyncio.sleep(0.5)  # eviction_delay is 0: an eviction would have come by now
+    survivor = kube.get_object("pods", "survivor", NS)
+    assert survivor is not None and not survivor["metadata"].get("deletionTimestamp")
+    assert taints(kube, "zone-a-node-1") == {(unreachable, "NoSchedule")}
+
+    kube.node_up("zone-a-node-1")
+    await kube.wait_for(lambda: kube.ready_pods(NS) and taints(kube, "zone-a-node-1") == set())

@@ -8,6 +8,7 @@ against its kubeconfig, and drives Models through HTTP as kubectl would.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sys
 import urllib.request
@@ -17,15 +18,17 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from kubernetes_asyncio import client
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
 
+from tests.integration.operator.chart_rbac import OperatorIdentity
 from tests.integration.operator.emulator import KubeEmulator, OperatorProcess
 from tests.tools import free_port
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.asyncio(loop_scope="session"),
-    pytest.mark.kube_emulator(pod_start_delay=0.3),
+    pytest.mark.kube_emulator(pod_start_delay=0.3, node_monitor_grace_period=1, eviction_delay=0),
 ]
 
 INTERVAL = 1.0  # the operator's reconcile timer in these tests
@@ -90,9 +93,10 @@ class Operator:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def operator(
-    kubeconfig: Path, kube_namespace: str, tmp_path: Path
+    operator_identity: OperatorIdentity, kube_namespace: str, tmp_path: Path
 ) -> AsyncIterator[Operator]:
-    op = Operator(kubeconfig, kube_namespace, tmp_path / "operator.log")
+    """`vigil operator` logged in as the chart's ServiceAccount, under the chart's RBAC."""
+    op = Operator(operator_identity.kubeconfig, kube_namespace, tmp_path / "operator.log")
     await op.start()
     try:
         yield op
@@ -328,11 +332,12 @@ async def test_zone_outage_refills_capacity_then_rebalances_surge_first(
     assert condition(status, "ZoneDegraded")["status"] == "False"
 
 
+@pytest.mark.kube_emulator(validate_schemas=False)
 async def test_invalid_spec_reports_hosting_failed_without_crashing(
     kube: KubeEmulator, operator: Operator, models: Models, kube_namespace: str
 ) -> None:
-    # The emulator does not run the CRD's CEL rules, as if a Model had
-    # slipped past them: the operator must re-check and say what is wrong.
+    # The CRD's schema and CEL rules are off, as if a Model had slipped past
+    # them (stored under an older CRD): the operator must re-check and say what is wrong.
     await models.create("bad", minUnits=4, maxUnits=2)
 
     async def failed() -> bool:
@@ -349,8 +354,13 @@ async def test_invalid_spec_reports_hosting_failed_without_crashing(
 
 
 async def test_killed_mid_reconcile_converges_without_duplicates(
-    kube: KubeEmulator, kubeconfig: Path, models: Models, kube_namespace: str, tmp_path: Path
+    kube: KubeEmulator,
+    operator_identity: OperatorIdentity,
+    models: Models,
+    kube_namespace: str,
+    tmp_path: Path,
 ) -> None:
+    kubeconfig = operator_identity.kubeconfig
     first = Operator(kubeconfig, kube_namespace, tmp_path / "first.log")
     await first.start()
     await models.create("pcb", minUnits=3)
@@ -372,3 +382,54 @@ async def test_killed_mid_reconcile_converges_without_duplicates(
     finally:
         await second.stop()
     assert "Traceback" not in second.process.log
+
+
+async def test_a_verb_the_chart_does_not_grant_is_refused(
+    kube: KubeEmulator,
+    operator_identity: OperatorIdentity,
+    models: Models,
+    kube_namespace: str,
+    tmp_path: Path,
+) -> None:
+    """Without `create deployments` in the chart's role the operator is refused
+    with the API server's 403, which the fixture turns into a failed test; with
+    the verb given back, the next reconcile hosts the Model."""
+    operator_identity.expect_denials = True
+    role = kube.get_object("clusterroles", "vigil-models")
+    assert role is not None
+    full = role["rules"]
+    cut = [
+        {**r, "verbs": [v for v in r["verbs"] if v != "create"]}
+        if r["resources"] == ["deployments"]
+        else r
+        for r in full
+    ]
+    kube.patch_object("clusterroles", "vigil-models", {"rules": cut})
+    op = Operator(operator_identity.kubeconfig, kube_namespace, tmp_path / "operator.log")
+    await op.start()
+    try:
+        await models.create("pcb", minUnits=3)
+        (denied, *_) = await kube.wait_for(operator_identity.denials, timeout=20)
+        assert (denied.verb, denied.resource_id, denied.namespace) == (
+            "create",
+            "deployments.apps",
+            kube_namespace,
+        )
+        assert kube.deployments(kube_namespace) == []
+        async with await config.new_client_from_config(
+            config_file=str(operator_identity.kubeconfig)
+        ) as api:
+            with pytest.raises(ApiException) as refused:
+                await client.AppsV1Api(api).create_namespaced_deployment(
+                    kube_namespace, {"metadata": {"name": "x"}}
+                )
+        assert refused.value.status == 403
+        assert json.loads(refused.value.body)["message"] == (
+            f'deployments.apps is forbidden: User "{operator_identity.user}" cannot create '
+            f'resource "deployments" in API group "apps" in the namespace "{kube_namespace}"'
+        )
+
+        kube.patch_object("clusterroles", "vigil-models", {"rules": full})
+        await kube.wait_for(hosted(models, "pcb", 3), timeout=30)
+    finally:
+        await op.stop()

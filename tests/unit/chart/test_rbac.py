@@ -9,8 +9,9 @@ resources (CRDs it scans, events it posts, namespaces it follows when
 watching given namespaces), the Kubernetes client methods the operator's
 modules reference (their HTTP method and path read from the client's
 source), and `kopf.adopt` (owner references with blockOwnerDeletion, which
-needs update on the owner's finalizers). tests/integration/observability
-also checks every call the real operator made against an API server.
+needs update on the owner's finalizers). The integration tests run the real
+operator under these rules in the API server emulator, which refuses (403)
+any call they do not grant.
 """
 
 from __future__ import annotations

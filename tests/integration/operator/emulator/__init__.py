@@ -6,6 +6,7 @@ the API server's semantics and a simulated control plane (GC, Deployments,
 scheduler, kubelet, node lifecycle, PodDisruptionBudgets). See README.md.
 """
 
+from .auth import ADMIN_TOKEN
 from .controllers import PodStartHook, PodStopHook
 from .errors import ApiError
 from .processes import OperatorProcess, kopf_command
@@ -15,6 +16,7 @@ from .store import Change, DeleteOptions
 from .thread import EmulatorThread
 
 __all__ = [
+    "ADMIN_TOKEN",
     "DEFAULT_ZONES",
     "GPU",
     "ZONE_LABEL",

@@ -16,10 +16,15 @@ runs at start, on :meth:`Controllers.poke` and when a timer is due.
 - deployment controller: pods straight from the Deployment (no ReplicaSets),
   rolling updates by ``pod-template-hash``, status like apps/v1's;
 - scheduler: taints, nodeSelector, required node affinity, resource fit;
-- kubelet: starts bound pods after ``pod_start_delay`` (Running and Ready),
-  finishes graceful deletions on Ready nodes;
-- node lifecycle: NotReady taints, pods marked not Ready, evicted after
-  ``eviction_delay`` (they stay Terminating until the node is back);
+- kubelet (built in, per node, switchable off for an external one): renews
+  the node's Lease in ``kube-node-lease``, starts bound pods after
+  ``pod_start_delay`` (Running and Ready), confirms graceful deletions by
+  deleting with ``gracePeriodSeconds=0``;
+- node lifecycle: a node unheard of (no Lease renewal, no Ready heartbeat)
+  for ``node_monitor_grace_period`` turns Ready=Unknown; NotReady/Unknown
+  nodes get the not-ready/unreachable NoSchedule taint, then NoExecute unless
+  every node is down (full disruption); their pods go not Ready, and are
+  evicted after their toleration's ``tolerationSeconds``;
 - disruption controller: PodDisruptionBudget status, and the eviction API.
 """
 
@@ -27,12 +32,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import functools
 import hashlib
 import heapq
 import inspect
 import json
 import math
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -40,6 +47,8 @@ from typing import Any
 
 from . import errors, scheduling, selectors
 from .store import NAME_CHARS, Change, DeleteOptions, ObjectStore, clone, now_iso, terminating
+
+NODE_LEASES = "kube-node-lease"
 
 Obj = dict[str, Any]
 Key = tuple[str, str]  # (namespace, name) of a namespaced object
@@ -147,18 +156,24 @@ class Controllers:
         *,
         on_error: ErrorSink,
         pod_start_delay: float = 0.5,
-        eviction_delay: float = 0.0,
         pod_termination_delay: float = 0.0,
+        node_monitor_grace_period: float = 40.0,
     ) -> None:
         self.store = store
         self.on_error = on_error
         self.pod_start_delay = pod_start_delay
-        self.eviction_delay = eviction_delay
         self.pod_termination_delay = pod_termination_delay
+        self.node_monitor_grace_period = node_monitor_grace_period
+        # Nodes the built-in kubelet runs: True while it heartbeats (False: stopped, as
+        # in a zone outage); nodes not listed belong to an external kubelet.
+        self.kubelets: dict[str, bool] = {}
+        self._heard: dict[str, float] = {}  # node -> when a heartbeat was last seen
+        self._full_disruption = False
         self.pod_started: PodStartHook | None = None
         self.pod_stopped: PodStopHook | None = None
         self._dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._monitor_task: asyncio.Task[None] | None = None
         self._timers: list[float] = []
         self._timer_set: set[float] = set()
         self._starting: dict[str, asyncio.Task[None]] = {}
@@ -197,6 +212,7 @@ class Controllers:
         self.events = types[("", "v1", "events")]
         self.deployments = types[("apps", "v1", "deployments")]
         self.pdbs = types[("policy", "v1", "poddisruptionbudgets")]
+        self.leases = types[("coordination.k8s.io", "v1", "leases")]
         store.listeners.append(self._on_change)
         store.graceful = self._graceful
 
@@ -204,9 +220,11 @@ class Controllers:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="kube-emulator-controllers")
+        self._monitor_task = asyncio.create_task(self._monitor(), name="kube-emulator-heartbeats")
 
     async def stop(self) -> None:
-        tasks = [t for t in [self._task, *self._starting.values()] if t is not None]
+        candidates = [self._task, self._monitor_task, *self._starting.values()]
+        tasks = [t for t in candidates if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -274,9 +292,19 @@ class Controllers:
         elif rt_key == self.deployments.key:
             self._deployment_queue[(namespace, name)] = None
         elif rt_key == self.nodes.key:
+            if deleted:
+                self._heard.pop(name, None)
+                self.kubelets.pop(name, None)
+            elif _ready_heartbeat(obj) != _ready_heartbeat(old or {}):
+                self._heard[name] = time.monotonic()
             self._node_queue[name] = None
             self._kubelet_queue.update(self._on_node.get(name, {}))
             self._schedule = True
+        elif rt_key == self.leases.key and namespace == NODE_LEASES and not deleted:
+            if (obj.get("spec") or {}).get("renewTime") != ((old or {}).get("spec") or {}).get(
+                "renewTime"
+            ):
+                self._heard[name] = time.monotonic()
         elif rt_key == self.pdbs.key:
             self._index_pdb((namespace, name), None if deleted else obj)
             if not deleted:
@@ -368,15 +396,12 @@ class Controllers:
         self._pdbs_by_label.setdefault(index_key, {})[key] = None
 
     def _graceful(self, rt: Any, obj: Obj) -> bool:
-        """Bound pods terminate through the kubelet; namespaces through their controller."""
+        """Bound pods terminate through their kubelet; namespaces through their controller."""
         if rt.key == self.namespaces.key:
             return True
         if rt.key != self.pods.key or not obj.get("spec", {}).get("nodeName"):
             return False
-        node = self.store.peek(self.nodes, None, obj["spec"]["nodeName"])
-        if node is None:
-            return False
-        return self.pod_termination_delay > 0 or not scheduling.node_ready(node)
+        return (obj.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
 
     def reconcile(self, *, full: bool = False) -> None:
         """One pass of every controller, in dependency order, over what changed.
@@ -395,10 +420,13 @@ class Controllers:
 
     # --- helpers ---
 
-    def _delete(self, rt: Any, obj: Obj, propagation: str = "Background") -> None:
+    def _delete(
+        self, rt: Any, obj: Obj, propagation: str = "Background", grace_seconds: int | None = None
+    ) -> None:
         md = obj["metadata"]
+        options = DeleteOptions(propagation, grace_seconds)
         try:
-            self.store.delete(rt, md.get("namespace"), md["name"], DeleteOptions(propagation))
+            self.store.delete(rt, md.get("namespace"), md["name"], options)
         except errors.ApiError as e:
             if e.code != 404:
                 raise
@@ -761,15 +789,15 @@ class Controllers:
         if node is None:  # the pod garbage collector's job: its node is gone
             self.store.remove(self.pods, md["namespace"], md["name"])
             return
-        node_ok = scheduling.node_ready(node)
+        node_ok = self._kubelet_up(node)
         if terminating(pod):
             if node_ok and pod_ready(pod):
                 self._update(self.pods, pod, lambda o: pod_condition(o, "Ready", "False"), "status")
             if node_ok:
                 since = self._terminating_since.setdefault(uid, now)
                 due = since + self.pod_termination_delay
-                if now >= due:
-                    self.store.finish_deletion(self.pods, md["namespace"], md["name"])
+                if now >= due:  # the kubelet's confirmation: containers stopped
+                    self._delete(self.pods, pod, grace_seconds=0)
                 else:
                     self._wake_at(due)
             return
@@ -788,7 +816,11 @@ class Controllers:
         if pod is None or pod["metadata"]["uid"] != uid or terminating(pod):
             return None
         node = self.store.peek(self.nodes, None, pod["spec"].get("nodeName", ""))
-        return pod if node is not None and scheduling.node_ready(node) else None
+        return pod if node is not None and self._kubelet_up(node) else None
+
+    def _kubelet_up(self, node: Obj) -> bool:
+        """The built-in kubelet runs this node, heartbeats, and the node is Ready."""
+        return self.kubelets.get(node["metadata"]["name"], False) and scheduling.node_ready(node)
 
     async def _start_pod(self, uid: str, namespace: str, name: str) -> None:
         try:
@@ -863,22 +895,65 @@ class Controllers:
 
     # --- node lifecycle ---
 
+    async def _monitor(self) -> None:
+        """Built-in kubelets renew their Leases; nodes unheard of turn Unknown."""
+        while True:
+            try:
+                self.heartbeat()
+            except Exception as e:
+                self.on_error(e)
+            await asyncio.sleep(self.node_monitor_grace_period / 4)
+
+    def heartbeat(self) -> None:
+        """One beat: renew the running kubelets' Leases, then check every node's last one."""
+        now = time.monotonic()
+        for node in self.store.iter(self.nodes):
+            name = node["metadata"]["name"]
+            if self.kubelets.get(name):
+                self.renew_lease(node)
+            heard = self._heard.setdefault(name, now)
+            stale = now - heard > self.node_monitor_grace_period
+            if stale and scheduling.condition_status(node, "Ready") != "Unknown":
+                self._update(self.nodes, node, _mark_unknown, "status")
+
+    def renew_lease(self, node: Obj) -> None:
+        md = node["metadata"]
+        lease = self.store.peek(self.leases, NODE_LEASES, md["name"])
+        renewed = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        if lease is not None:
+            self._update(self.leases, lease, lambda o: o["spec"].update(renewTime=renewed), "main")
+            return
+        owner = {"apiVersion": "v1", "kind": "Node", "name": md["name"], "uid": md["uid"]}
+        body = {
+            "metadata": {"name": md["name"], "ownerReferences": [owner]},
+            "spec": {
+                "holderIdentity": md["name"],
+                "leaseDurationSeconds": 40,
+                "renewTime": renewed,
+            },
+        }
+        self.store.create(self.leases, NODE_LEASES, body)
+
     def _node_lifecycle(self, full: bool) -> None:
         now = self._now()
         names, self._node_queue = self._node_queue, {}
         pod_keys, self._node_pod_queue = self._node_pod_queue, {}
-        if full:
-            names = {n["metadata"]["name"]: None for n in self.store.iter(self.nodes)}
+        nodes = list(self.store.iter(self.nodes))
+        # Every node down: the real controller's full disruption, where nothing is evicted.
+        full_disruption = bool(nodes) and not any(scheduling.node_ready(n) for n in nodes)
+        if full or full_disruption != self._full_disruption:
+            self._full_disruption = full_disruption
+            names = {n["metadata"]["name"]: None for n in nodes}
         for name in names:
             node = self.store.peek(self.nodes, None, name)
             if node is None:
                 continue
             key = self._condition_taint(node)
-            self._ensure_condition_taints(node, key)
-            if key is None:
+            self._ensure_condition_taints(node, key, not full_disruption)
+            if key is None or full_disruption:
                 self._node_down_since.pop(name, None)
+            if key is None:
                 continue
-            self._node_down_since.setdefault(name, now)
             for namespace, pod_name in list(self._on_node.get(name, {})):
                 pod = self.store.peek(self.pods, namespace, pod_name)
                 if pod is not None:
@@ -906,11 +981,9 @@ class Controllers:
         )
 
     def _node_not_ready_pod(self, pod: Obj, node_name: str, key: str, now: float) -> None:
-        """A pod of a NotReady node: not Ready at once, evicted after the delay."""
+        """A pod of a NotReady node: not Ready at once, evicted once its toleration ends."""
         if pod["spec"].get("nodeName") != node_name or terminating(pod):
             return
-        since = self._node_down_since.setdefault(node_name, now)
-        taint = {"key": key, "effect": "NoExecute"}
         if scheduling.condition_status(pod, "Ready") != "False":
             self._update(
                 self.pods,
@@ -918,9 +991,10 @@ class Controllers:
                 lambda o: pod_condition(o, "Ready", "False", "NodeNotReady", "Node is not ready"),
                 "status",
             )
-        delay = self._eviction_delay(pod, taint)
-        if delay is None:
-            return
+        since = self._node_down_since.get(node_name)
+        delay = self._toleration_seconds(pod, {"key": key, "effect": "NoExecute"})
+        if since is None or delay is None:
+            return  # no NoExecute taint (full disruption), or tolerated for ever
         if now >= since + delay:
             md = pod["metadata"]
             self.event(
@@ -935,37 +1009,42 @@ class Controllers:
         else:
             self._wake_at(since + delay)
 
-    def _eviction_delay(self, pod: Obj, taint: Obj) -> float | None:
-        """When a pod leaves a NotReady node: its toleration's seconds, else the default."""
+    @staticmethod
+    def _toleration_seconds(pod: Obj, taint: Obj) -> float | None:
+        """How long a pod stays on a NoExecute taint: 0 untolerated, None for ever."""
         for tol in pod["spec"].get("tolerations") or []:
             if scheduling.tolerates([tol], taint):
                 seconds = tol.get("tolerationSeconds")
                 return None if seconds is None else float(seconds)
-        return self.eviction_delay
+        return 0.0
 
-    def _ensure_condition_taints(self, node: Obj, key: str | None) -> None:
+    def _ensure_condition_taints(self, node: Obj, key: str | None, no_execute: bool) -> None:
+        """NoSchedule first, then NoExecute (unless told not to), like the real controller."""
+        name = node["metadata"]["name"]
         condition_keys = (scheduling.NOT_READY_TAINT, scheduling.UNREACHABLE_TAINT)
         taints = node.get("spec", {}).get("taints") or []
-        kept = [t for t in taints if t.get("key") not in condition_keys]
-        wanted = kept + (
-            [
-                {"key": key, "effect": "NoSchedule"},
-                {"key": key, "effect": "NoExecute", "timeAdded": now_iso()},
-            ]
-            if key
-            else []
-        )
+        wanted = [t for t in taints if t.get("key") not in condition_keys]
+        no_schedule = {"key": key, "effect": "NoSchedule"}
+        if key:
+            wanted.append(no_schedule)
+            if no_execute:
+                wanted.append({"key": key, "effect": "NoExecute", "timeAdded": now_iso()})
+                self._node_down_since.setdefault(name, self._now())
         if _without_added(wanted) == _without_added(taints):
             return
+        steps = [wanted]
+        if key and no_execute and no_schedule not in taints:
+            steps.insert(0, wanted[:-1])
+        for step in steps:
 
-        def mutate(obj: Obj) -> None:
-            spec = obj.setdefault("spec", {})
-            if wanted:
-                spec["taints"] = wanted
-            else:
-                spec.pop("taints", None)
+            def mutate(obj: Obj, step: list[Obj] = step) -> None:
+                spec = obj.setdefault("spec", {})
+                if step:
+                    spec["taints"] = step
+                else:
+                    spec.pop("taints", None)
 
-        self._update(self.nodes, node, mutate, "main")
+            self._update(self.nodes, node, mutate, "main")
 
     # --- disruption controller ---
 
@@ -1097,6 +1176,19 @@ class Controllers:
                 "status",
             )
 
+    def run_kubelet(self, names: Iterable[str], running: bool) -> None:
+        """Start (a Lease renewal and Ready at once) or stop the built-in kubelet of nodes."""
+        for name in names:
+            node = self.store.peek(self.nodes, None, name)
+            if node is None or name not in self.kubelets:
+                raise KeyError(f"no node {name!r} with the built-in kubelet")
+            self.kubelets[name] = running
+            if running:
+                self.renew_lease(node)
+                self.set_node_ready(
+                    [name], "True", "KubeletReady", "kubelet is posting ready status"
+                )
+
 
 def _set_status(obj: Obj, status: Obj) -> None:
     obj["status"] = status
@@ -1114,6 +1206,26 @@ def _drop_finalizer(obj: Obj, name: str) -> None:
     obj["metadata"]["finalizers"] = [
         f for f in obj["metadata"].get("finalizers") or [] if f != name
     ]
+
+
+def _ready_heartbeat(node: Obj) -> str | None:
+    """What every status post of a kubelet changes (the controller keeps it as it was)."""
+    for cond in (node.get("status") or {}).get("conditions") or ():
+        if cond.get("type") == "Ready":
+            return cond.get("lastHeartbeatTime")  # type: ignore[no-any-return]
+    return None
+
+
+def _mark_unknown(node: Obj) -> None:
+    """The node lifecycle controller's verdict on a silent kubelet (heartbeat times kept)."""
+    for cond in node.get("status", {}).get("conditions") or []:
+        if cond.get("status") != "Unknown":
+            cond["lastTransitionTime"] = now_iso()
+        cond.update(
+            status="Unknown",
+            reason="NodeStatusUnknown",
+            message="Kubelet stopped posting node status.",
+        )
 
 
 def _without_added(taints: list[Obj]) -> list[Obj]:

@@ -230,9 +230,7 @@ def _rules(schema: Mapping[str, Any], base: str) -> list[Cause]:
 
 def _defaults(schema: Mapping[str, Any], base: str) -> list[Cause]:
     causes: list[Cause] = []
-    checker = ModelValidator(
-        {"spec": {"versions": [{"name": "v", "schema": {"openAPIV3Schema": schema}}]}}, "v"
-    )
+    checker = ModelValidator.of_schema(schema)
     for path, node in _nodes(schema, base):
         if "default" not in node:
             continue

@@ -78,13 +78,13 @@ def conflict(rt: ResourceType, name: str, why: str | None = None) -> ApiError:
 
 
 def invalid(rt: ResourceType, name: str, causes: list[tuple[str, str]]) -> ApiError:
-    """422 Invalid; ``causes`` are (field, message) pairs."""
+    """422 Invalid; ``causes`` are (field, message) pairs, listed in [] when several."""
     text = ", ".join(f"{field}: {msg}" for field, msg in causes)
-    kind = f"{rt.kind}.{rt.group}" if rt.group else rt.kind  # the server's qualified kind
+    kind = f"{rt.kind}.{rt.group}" if rt.group else rt.kind
     return ApiError(
         422,
         "Invalid",
-        f'{kind} "{name}" is invalid: {f"[{text}]" if len(causes) > 1 else text}',
+        f'{kind} "{name}" is invalid: {text if len(causes) == 1 else f"[{text}]"}',
         _details(
             rt,
             name,

@@ -48,6 +48,7 @@ def prepare_create(rt: ResourceType, obj: Obj, store: ObjectStore) -> None:
         spec.setdefault("schedulerName", "default-scheduler")
         spec.setdefault("terminationGracePeriodSeconds", 30)
         spec.setdefault("dnsPolicy", "ClusterFirst")
+        _default_tolerations(spec, store.default_toleration_seconds)
         obj["status"] = {"phase": "Pending", "qosClass": qos_class(obj)}
     elif _is(rt, "apps", "Deployment"):
         assert spec is not None
@@ -85,12 +86,36 @@ def prepare_create(rt: ResourceType, obj: Obj, store: ObjectStore) -> None:
         }
 
 
+def _default_tolerations(spec: Obj, seconds: int) -> None:
+    """The DefaultTolerationSeconds admission plugin: how long a pod outlives its node."""
+    tolerations = spec.get("tolerations") or []
+    for key in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"):
+        if not any(
+            t.get("key") in (key, None, "") and t.get("effect") in ("NoExecute", None, "")
+            for t in tolerations
+        ):
+            tolerations.append(
+                {
+                    "key": key,
+                    "operator": "Exists",
+                    "effect": "NoExecute",
+                    "tolerationSeconds": seconds,
+                }
+            )
+    if tolerations:
+        spec["tolerations"] = tolerations
+
+
 _SPECLESS = {
     "Event",
     "ConfigMap",
     "Secret",
     "ServiceAccount",
     "Endpoints",
+    "Role",
+    "RoleBinding",
+    "ClusterRole",
+    "ClusterRoleBinding",
 }
 
 

@@ -22,11 +22,19 @@ SUBRESOURCE_VERBS = {
     "eviction": ("create",),
     "binding": ("create",),
     "finalize": ("update",),
+    "token": ("create",),
+}
+_SUBRESOURCE_KINDS = {
+    "scale": ("Scale", "autoscaling", "v1"),
+    "eviction": ("Eviction", "policy", "v1"),
+    "binding": ("Binding", "", ""),
+    "token": ("TokenRequest", "authentication.k8s.io", "v1"),
 }
 
 # The repository root, to find the project's CRD (the schema's single source of truth).
 REPO_ROOT = Path(__file__).resolve().parents[4]
 MODEL_CRD_PATH = REPO_ROOT / "crds" / "models.vigil.dev.yaml"
+RBAC = "rbac.authorization.k8s.io"
 
 
 @dataclass(frozen=True)
@@ -102,9 +110,7 @@ class ResourceType:
             main["categories"] = list(self.categories)
         entries = [main]
         for sub in sorted(self.subresources):
-            kind = {"scale": "Scale", "eviction": "Eviction", "binding": "Binding"}.get(
-                sub, self.kind
-            )
+            kind, group, version = _SUBRESOURCE_KINDS.get(sub, (self.kind, "", ""))
             entry: dict[str, Any] = {
                 "name": f"{self.plural}/{sub}",
                 "singularName": "",
@@ -112,10 +118,8 @@ class ResourceType:
                 "kind": kind,
                 "verbs": list(SUBRESOURCE_VERBS.get(sub, ("get",))),
             }
-            if sub == "scale":
-                entry["group"], entry["version"] = "autoscaling", "v1"
-            if sub == "eviction":
-                entry["group"], entry["version"] = "policy", "v1"
+            if group:
+                entry["group"], entry["version"] = group, version
             entries.append(entry)
         return entries
 
@@ -230,7 +234,7 @@ BUILTIN_RESOURCES: tuple[ResourceType, ...] = (
     _rt("v1", "events", "Event", short=["ev"], subs=(), fields=_EVENT_FIELDS),
     _rt("v1", "configmaps", "ConfigMap", short=["cm"], subs=()),
     _rt("v1", "secrets", "Secret", subs=(), fields=["type"]),
-    _rt("v1", "serviceaccounts", "ServiceAccount", short=["sa"], subs=()),
+    _rt("v1", "serviceaccounts", "ServiceAccount", short=["sa"], subs=["token"]),
     _rt("v1", "persistentvolumeclaims", "PersistentVolumeClaim", short=["pvc"]),
     _rt(
         "apps/v1",
@@ -261,6 +265,15 @@ BUILTIN_RESOURCES: tuple[ResourceType, ...] = (
     _rt("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget", short=["pdb"]),
     _rt("events.k8s.io/v1", "events", "Event", short=["ev"], subs=(), fields=_NEW_EVENT_FIELDS),
     _rt("coordination.k8s.io/v1", "leases", "Lease", subs=()),
+    *(
+        _rt(f"{RBAC}/v1", plural, kind, namespaced=namespaced, subs=(), name_rule="path")
+        for plural, kind, namespaced in (
+            ("roles", "Role", True),
+            ("rolebindings", "RoleBinding", True),
+            ("clusterroles", "ClusterRole", False),
+            ("clusterrolebindings", "ClusterRoleBinding", False),
+        )
+    ),
     _rt(
         "apiextensions.k8s.io/v1",
         "customresourcedefinitions",

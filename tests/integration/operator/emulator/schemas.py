@@ -3,8 +3,12 @@
 The API server drops fields a CRD's schema does not declare (unless
 ``x-kubernetes-preserve-unknown-fields``), fills ``default:`` values, and
 rejects objects that break the schema with a 422. An operator can come to
-rely on all three without noticing, so the emulator does them too.
-CEL rules (``x-kubernetes-validations``) are not evaluated.
+rely on all three without noticing, so the emulator does them too, and
+evaluates the schema's CEL rules (``x-kubernetes-validations``, transition
+rules against the old object on updates, values an update leaves unchanged
+not re-checked as with the API server's ratcheting) with the operator's own evaluator
+(:class:`vigil_operator.core.crd.ModelValidator`), worded as the API server
+words them: ``spec: Invalid value: "object": <the rule's message>``.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
+from vigil_operator.core.crd import ModelValidator
+
 _ALWAYS_KEPT = ("apiVersion", "kind", "metadata")
-Validator = Callable[[dict[str, Any]], list[tuple[str, str]]]
+Validator = Callable[[dict[str, Any], dict[str, Any] | None], list[tuple[str, str]]]
 
 
 def prune_and_default(schema: dict[str, Any], obj: dict[str, Any]) -> None:
@@ -68,25 +74,31 @@ def _to_json_schema(schema: Any) -> Any:
     return out
 
 
-def validate(schema: dict[str, Any], obj: dict[str, Any]) -> list[tuple[str, str]]:
+def validate(
+    schema: dict[str, Any], obj: dict[str, Any], old: dict[str, Any] | None = None
+) -> list[tuple[str, str]]:
     """(field, message) pairs for what breaks the schema, worded like the API server."""
-    return compile_validator(schema)(obj)
+    return compile_validator(schema)(obj, old)
 
 
 def compile_validator(schema: dict[str, Any]) -> Validator:
     """:func:`validate` for one schema, converted once (callers cache it per schema)."""
-    try:
-        import jsonschema
-    except ImportError:  # pragma: no cover - the operator extra brings it
-        return lambda obj: []
+    import jsonschema
+
+    rules = ModelValidator.of_schema(schema)
     json_schema = _to_json_schema({**schema, "x-kubernetes-embedded-resource": True})
     validator = jsonschema.Draft7Validator(json_schema)
 
-    def check(obj: dict[str, Any]) -> list[tuple[str, str]]:
+    def check(obj: dict[str, Any], old: dict[str, Any] | None) -> list[tuple[str, str]]:
         causes = []
         for error in sorted(validator.iter_errors(obj), key=lambda e: list(e.absolute_path)):
             path = ".".join(str(p) for p in error.absolute_path) or "<root>"
             causes.append((path, f"Invalid value: {error.instance!r}: {error.message}"))
+        if causes:  # rules may assume the schema's types: evaluated on valid objects only
+            return causes
+        for path, rule, reason in rules.rule_failures(obj, old, ratchet=True):
+            kind = rule.schema.get("type", "object")
+            causes.append((path or "<nil>", f'Invalid value: "{kind}": {reason}'))
         return causes
 
     return check

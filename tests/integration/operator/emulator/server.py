@@ -32,8 +32,15 @@ import kmock
 import yaml
 from kmock._internal import apps, rendering
 
-from . import errors, patches, selectors
-from .controllers import Controllers, PodStartHook, PodStopHook, pod_condition, set_condition
+from . import auth, errors, patches, selectors
+from .controllers import (
+    NODE_LEASES,
+    Controllers,
+    PodStartHook,
+    PodStopHook,
+    pod_condition,
+    set_condition,
+)
 from .resources import ResourceType, model_crd
 from .store import DeleteOptions, Obj, ObjectStore, clone, now_iso, terminating
 
@@ -100,6 +107,7 @@ class ApiCall:
     code: int
     path: str
     intercepted: bool = False  # answered by a test-declared kmock reaction
+    user: str = ""  # who made it ("" when unauthenticated)
 
     @property
     def resource_id(self) -> str:
@@ -138,6 +146,13 @@ def _dumps(body: Any) -> str:
     return json.dumps(body, separators=(",", ":"))
 
 
+def _to_store(instance: Any, attribute: Any, value: Any) -> Any:
+    store = getattr(instance, "store", None)
+    if store is not None:
+        store.default_toleration_seconds = value
+    return value
+
+
 def _to_controllers(instance: Any, attribute: Any, value: Any) -> Any:
     """Keep the controllers' copy of a setting in step when a test changes it."""
     controllers = getattr(instance, "controllers", None)
@@ -154,20 +169,26 @@ class KubeEmulator(kmock.KubernetesEmulator):
     clients at ``kube.server_url`` or at ``kube.write_kubeconfig(path)``.
 
     Timing: a bound pod turns Running and Ready ``pod_start_delay`` seconds
-    later; pods of a NotReady node are marked not Ready at once and evicted
-    after ``eviction_delay``; a graceful pod deletion on a Ready node ends
-    after ``pod_termination_delay``. Hooks: ``pod_started(pod)`` (sync or
-    async) runs when the kubelet starts a pod and may return its IP (else
-    127.x.y.z, unique per pod); ``pod_stopped(pod)`` runs once it is gone.
+    later; a node whose kubelet stops heartbeating turns Ready=Unknown after
+    ``node_monitor_grace_period``; pods of a NotReady node are marked not
+    Ready at once and evicted after their tolerationSeconds (``eviction_delay``
+    unless they say otherwise); a graceful pod deletion ends when the kubelet
+    confirms it, ``pod_termination_delay`` later for the built-in one.
+    Hooks: ``pod_started(pod)`` (sync or async) runs when the kubelet starts a
+    pod and may return its IP (else 127.x.y.z, unique per pod);
+    ``pod_stopped(pod)`` runs once it is gone.
     """
 
-    # These five can also be changed on a running emulator (kube.eviction_delay = 2.0).
+    # These can also be changed on a running emulator (kube.pod_start_delay = 2.0).
     pod_start_delay: float = attrs.field(default=0.5, on_setattr=_to_controllers)
-    eviction_delay: float = attrs.field(default=0.0, on_setattr=_to_controllers)
+    # DefaultTolerationSeconds: the not-ready/unreachable tolerations given to new pods.
+    eviction_delay: int = attrs.field(default=300, on_setattr=_to_store)
+    node_monitor_grace_period: float = attrs.field(default=40.0, on_setattr=_to_controllers)
     pod_termination_delay: float = attrs.field(default=0.0, on_setattr=_to_controllers)
     pod_started: PodStartHook | None = attrs.field(default=None, on_setattr=_to_controllers)
     pod_stopped: PodStopHook | None = attrs.field(default=None, on_setattr=_to_controllers)
     run_controllers: bool = True  # False: a bare API server (no GC, no pods, no scheduling)
+    run_kubelet: bool = True  # False: nodes are left to an external kubelet (add_node(kubelet=))
     strict_namespaces: bool = True  # creating in a missing namespace is a 404, like the real one
     validate_schemas: bool = True  # CRD openAPIV3Schema validation (422); CEL is not evaluated
     install_model_crd: bool = True  # crds/models.vigil.dev.yaml, or a permissive stand-in
@@ -177,6 +198,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     store: ObjectStore = attrs.field(init=False)
     controllers: Controllers = attrs.field(init=False)
+    authenticator: auth.Authenticator = attrs.field(init=False)
     calls: list[ApiCall] = attrs.field(init=False, factory=list)
     internal_errors: list[BaseException] = attrs.field(init=False, factory=list)
     _changed: asyncio.Event = attrs.field(init=False, factory=asyncio.Event)
@@ -194,18 +216,22 @@ class KubeEmulator(kmock.KubernetesEmulator):
             validate_schemas=self.validate_schemas,
             seed=self.seed,
         )
+        self.store.default_toleration_seconds = self.eviction_delay
         self.controllers = Controllers(
             self.store,
             on_error=self._record_error,
             pod_start_delay=self.pod_start_delay,
-            eviction_delay=self.eviction_delay,
             pod_termination_delay=self.pod_termination_delay,
+            node_monitor_grace_period=self.node_monitor_grace_period,
         )
         self.controllers.pod_started = self.pod_started
         self.controllers.pod_stopped = self.pod_stopped
         self.store.listeners.append(lambda _: self._changed.set())
-        for name in ("default", "kube-system"):
+        self.authenticator = auth.Authenticator(self.store)
+        for name in ("default", "kube-system", "kube-public", NODE_LEASES):
             self.create_namespace(name)
+        for plural, body in auth.bootstrap_policy():
+            self.create_object(f"rbac.authorization.k8s.io/v1/{plural}", body)
         if self.install_model_crd:
             self.create_object("customresourcedefinitions", model_crd())
 
@@ -243,14 +269,17 @@ class KubeEmulator(kmock.KubernetesEmulator):
     def server_url(self) -> str:
         return str(self.url).rstrip("/")
 
-    def write_kubeconfig(self, path: Path, *, namespace: str = "default") -> Path:
-        """A kubeconfig for kopf, kubectl and kubernetes_asyncio (token auth, plain HTTP)."""
+    def write_kubeconfig(
+        self, path: Path, *, namespace: str = "default", token: str = auth.ADMIN_TOKEN
+    ) -> Path:
+        """A kubeconfig for kopf, kubectl and kubernetes_asyncio (plain HTTP), by default
+        the admin's; ``token`` e.g. from the TokenRequest API, for a ServiceAccount."""
         config = {
             "apiVersion": "v1",
             "kind": "Config",
             "current-context": "vigil-emulator",
             "clusters": [{"name": "vigil-emulator", "cluster": {"server": self.server_url}}],
-            "users": [{"name": "vigil-tester", "user": {"token": "vigil-emulator-token"}}],
+            "users": [{"name": "vigil-tester", "user": {"token": token}}],
             "contexts": [
                 {
                     "name": "vigil-emulator",
@@ -267,6 +296,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     def _record_error(self, error: BaseException) -> None:
         self.internal_errors.append(error)
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Any:
+        """kmock's client shortcuts (``await kube.get(path)``), as the admin unless told."""
+        headers = {"Authorization": f"Bearer {auth.ADMIN_TOKEN}", **kwargs.pop("headers", {})}
+        return super().request(method, url, headers=headers, **kwargs)
 
     # --- HTTP entry point ---
 
@@ -329,6 +363,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         route = parse_route(raw.path)
         intercepted = True
         recorded = False
+        user = ""
 
         def record(code: int) -> None:
             """Log the call once: when answered, or when a watch stream starts."""
@@ -348,9 +383,18 @@ class KubeEmulator(kmock.KubernetesEmulator):
                     code=code,
                     path=raw.path,
                     intercepted=intercepted,
+                    user=user,
                 )
             )
 
+        try:
+            who = self.authenticator.authenticate(raw.headers.get("Authorization"))
+            user = who.user
+            auth.authorize(self.store, who, self._auth_request(raw, route))
+        except errors.ApiError as e:
+            intercepted = False
+            record(e.code)
+            return _json(e.status(), e.code)
         try:
             # Reactions declared by the test (fault injection, overrides) come first.
             response = await apps.RawHandler._handle(self, request)
@@ -359,6 +403,22 @@ class KubeEmulator(kmock.KubernetesEmulator):
             response = await self._serve(raw, route, request.data, record)
         record(response.status)
         return response
+
+    @staticmethod
+    def _auth_request(raw: aiohttp.web.BaseRequest, route: Route | None) -> auth.Request:
+        """The request's attributes as RBAC sees them (kube-apiserver's RequestInfo)."""
+        verb = _verb(raw.method, route, raw.query)
+        if route is None:
+            return auth.Request(verb, raw.path.rstrip("/") or "/")
+        namespace, name = route.namespace, route.name
+        if route.group == "" and route.plural == "namespaces" and name:
+            namespace = name  # a namespace is its own namespace
+        selected = raw.query.get("fieldSelector", "")
+        if verb in ("list", "watch") and selected.startswith("metadata.name="):
+            name = selected.removeprefix("metadata.name=")
+        return auth.Request(
+            verb, raw.path, route.group, route.plural, route.subresource, namespace, name
+        )
 
     async def _serve(
         self,
@@ -491,6 +551,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 return _json(self.controllers.evict(ns or "", name, data or {}), 201)
             if name and sub == "binding":
                 return _json(self._bind(ns or "", name, data or {}), 201)
+            if name and sub == "token":
+                return _json(self._token_request(ns or "", name, data or {}), 201)
             raise errors.method_not_allowed()
         if name is None:
             if method == "DELETE":
@@ -707,6 +769,24 @@ class KubeEmulator(kmock.KubernetesEmulator):
             "code": 201,
         }
 
+    def _token_request(self, namespace: str, name: str, body: Obj) -> Obj:
+        """The TokenRequest API (``kubectl create token``): a token for a ServiceAccount."""
+        account = self.store.read(
+            self.store.catalog.types[("", "v1", "serviceaccounts")], namespace, name
+        )
+        spec = dict(body.get("spec") or {})
+        spec.setdefault("expirationSeconds", 3600)
+        return {
+            "kind": "TokenRequest",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+            "status": {
+                "token": self.authenticator.issue(account),
+                "expirationTimestamp": now_iso(spec["expirationSeconds"]),
+            },
+        }
+
     def _finalize(self, rt: ResourceType, name: str, data: Any) -> Obj:
         finalizers = ((data or {}).get("spec") or {}).get("finalizers") or []
 
@@ -888,8 +968,14 @@ class KubeEmulator(kmock.KubernetesEmulator):
         taints: Iterable[Obj] = (),
         ready: bool = True,
         address: str | None = None,
+        kubelet: bool | None = None,
     ) -> Obj:
-        """A registered node, Ready unless told otherwise, with GPUs in allocatable."""
+        """A registered node, Ready unless told otherwise, with GPUs in allocatable.
+
+        ``kubelet`` (default ``run_kubelet``): the built-in kubelet runs it
+        (Lease renewals, pods started and their deletions confirmed); else an
+        external kubelet must, or the node turns Unknown after the grace period.
+        """
         resources = {"cpu": cpu, "memory": memory, "pods": "110", "ephemeral-storage": "100Gi"}
         if gpus:
             resources[GPU] = str(gpus)
@@ -943,7 +1029,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
             set_condition(holder, "Ready", "False", "KubeletNotReady", "container runtime is down")
         for cond in body["status"]["conditions"]:
             cond["lastHeartbeatTime"] = cond["lastTransitionTime"] = now_iso()
-        return self.create_object("v1/nodes", body)
+        node = self.create_object("v1/nodes", body)
+        if self.run_kubelet if kubelet is None else kubelet:
+            self.controllers.kubelets[name] = True
+            self.controllers.renew_lease(node)
+        return node
 
     def add_zones(
         self,
@@ -968,21 +1058,17 @@ class KubeEmulator(kmock.KubernetesEmulator):
         ]
 
     def zone_down(self, zone: str) -> None:
-        """A zone outage: its nodes stop reporting (Ready=Unknown); see ``eviction_delay``."""
+        """A zone outage: its built-in kubelets stop heartbeating (Unknown after the grace)."""
         self.node_down(*self.nodes_in_zone(zone))
 
     def zone_up(self, zone: str) -> None:
         self.node_up(*self.nodes_in_zone(zone))
 
     def node_down(self, *names: str) -> None:
-        self.controllers.set_node_ready(
-            names, "Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status."
-        )
+        self.controllers.run_kubelet(names, False)
 
     def node_up(self, *names: str) -> None:
-        self.controllers.set_node_ready(
-            names, "True", "KubeletReady", "kubelet is posting ready status"
-        )
+        self.controllers.run_kubelet(names, True)
 
     def cordon(self, name: str, unschedulable: bool = True) -> None:
         self.patch_object("v1/nodes", name, {"spec": {"unschedulable": unschedulable or None}})

@@ -43,6 +43,7 @@ NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"  # what the API server's generateName
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_PATH_SEGMENT = re.compile(r"^(?!\.\.?$)[^/%]+$")
 # Fields the server owns; clients cannot set them on create or change them on update.
 _CRDS = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 _SERVER_META = (
@@ -171,6 +172,8 @@ class ObjectStore:
         self.listeners: list[Callable[[Change], None]] = []
         self.strict_namespaces = strict_namespaces
         self.validate_schemas = validate_schemas
+        # The DefaultTolerationSeconds admission plugin's value (the real flags' default).
+        self.default_toleration_seconds = 300
         # Decides whether a DELETE is graceful (pods on a node): set by the controllers.
         self.graceful: Callable[[ResourceType, Obj], bool] | None = None
         self.random = random.Random(seed)
@@ -388,6 +391,7 @@ class ObjectStore:
         rule, pattern, limit = {
             "label": ("a lowercase RFC 1123 label", _LABEL, 63),
             "label1035": ("a DNS-1035 label", _LABEL1035, 63),
+            "path": ("a path segment name", _PATH_SEGMENT, 253),  # RBAC: "system:discovery"
         }.get(rt.name_rule, ("a lowercase RFC 1123 subdomain", _SUBDOMAIN, 253))
         if not isinstance(name, str) or len(name) > limit or not pattern.match(name):
             causes.append(
@@ -476,7 +480,9 @@ class ObjectStore:
             self._register_crd(created)
         return created
 
-    def _apply_schema(self, rt: ResourceType, obj: Obj) -> list[tuple[str, str]]:
+    def _apply_schema(
+        self, rt: ResourceType, obj: Obj, old: Obj | None = None
+    ) -> list[tuple[str, str]]:
         schema = self.catalog.schemas.get(rt.key)
         if not schema:
             return []
@@ -486,7 +492,7 @@ class ObjectStore:
         cached = self._validators.get(rt.key)
         if cached is None or cached[0] is not schema:  # compiled once per schema
             cached = self._validators[rt.key] = (schema, schemas.compile_validator(schema))
-        return cached[1](obj)
+        return cached[1](obj, old)
 
     def _register_crd(self, crd: Obj) -> None:
         for rt, schema in crd_resource_types(crd):
@@ -536,11 +542,13 @@ class ObjectStore:
                 result["status"] = proposed["status"]
             else:
                 result.pop("status", None)
+            if causes := self._apply_schema(rt, result, current):
+                raise errors.invalid(rt, name, causes)
         else:
             result = self._merge_server_fields(rt, proposed, current, scope)
             causes = self._validate_meta(rt, result) + kinds.validate(rt, result)
             causes += kinds.validate_update(rt, result, current, scope)
-            causes += self._apply_schema(rt, result)
+            causes += self._apply_schema(rt, result, current)
             if causes:
                 raise errors.invalid(rt, name, causes)
             if _spec_part(result) != _spec_part(current):
@@ -550,7 +558,7 @@ class ObjectStore:
         if dry_run:
             return result
         released = terminating(result) and not result["metadata"].get("finalizers")
-        if released and not (self.graceful and self.graceful(rt, result)):
+        if released and not result["metadata"].get("deletionGracePeriodSeconds"):
             return self._commit(rt, result, current, "DELETED")
         updated = self._commit(rt, result, current, "MODIFIED")
         if rt.key == _CRDS:
@@ -613,9 +621,13 @@ class ObjectStore:
         if options.dry_run:
             return current
         if terminating(current):
-            if options.grace_seconds == 0 and not cmd.get("finalizers"):
+            if options.grace_seconds != 0 or not cmd.get("deletionGracePeriodSeconds"):
+                return current
+            if not cmd.get("finalizers"):  # e.g. the kubelet confirming a pod's end
                 return self._commit(rt, clone(current), current, "DELETED")
-            return current
+            result = clone(current)
+            result["metadata"]["deletionGracePeriodSeconds"] = 0
+            return self._commit(rt, result, current, "MODIFIED")
         result = clone(current)
         md = result["metadata"]
         finalizers = list(md.get("finalizers") or [])
