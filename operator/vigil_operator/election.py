@@ -140,9 +140,9 @@ class Elector:
                 assert isinstance(action, Update)
                 new_version = await self.store.replace(action.record, action.version)
         except ApiException as exc:
-            if exc.status in (404, 409):  # someone else wrote first: read again next time
-                return False
-            raise
+            if exc.status == 409 or (exc.status == 404 and isinstance(action, Update)):
+                return False  # someone else wrote first: read again next time
+            raise  # e.g. 404 on create: no such namespace; 403: no RBAC for Leases
         self.memory = Memory(action.record, new_version, sent)
         self.holder = self.identity
         self.fence.open_until(tenure_end(sent, self.config))

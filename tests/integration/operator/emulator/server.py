@@ -100,6 +100,7 @@ class ApiCall:
     code: int
     path: str
     intercepted: bool = False  # answered by a test-declared kmock reaction
+    user_agent: str = ""  # who called, as an audit log's userAgent tells replicas apart
 
     @property
     def resource_id(self) -> str:
@@ -348,6 +349,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
                     code=code,
                     path=raw.path,
                     intercepted=intercepted,
+                    user_agent=raw.headers.get("User-Agent", ""),
                 )
             )
 
