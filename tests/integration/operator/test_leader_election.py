@@ -312,12 +312,7 @@ async def test_sigkill_of_the_leader_mid_failover_hands_over_without_duplicates(
 
 
 async def test_a_frozen_leader_loses_the_lease_and_writes_nothing_when_thawed(
-    kube: KubeEmulator,
-    kube_api: client.ApiClient,
-    kube_namespace: str,
-    replicas: list[Replica],
-    kubeconfig: Path,
-    tmp_path: Path,
+    kube: KubeEmulator, kube_api: client.ApiClient, kube_namespace: str, replicas: list[Replica]
 ) -> None:
     leader = await elected(kube_api, kube_namespace, replicas)
     standby = next(r for r in replicas if r is not leader)
@@ -325,9 +320,12 @@ async def test_a_frozen_leader_loses_the_lease_and_writes_nothing_when_thawed(
     await eventually(lambda: hosted(kube_api, kube_namespace, "pcb", 3), timeout=20)
 
     leader.signal(signal.SIGSTOP)  # a partition, as the leader sees it: time passes without it
-    await eventually(lambda: elected(kube_api, kube_namespace, [standby]), timeout=30)
-    # Work the frozen leader would act on the moment it thaws: its watch streams
-    # hold this change, and its timers are all overdue.
+    await elected(kube_api, kube_namespace, [standby])
+    # Freeze the new leader too (briefly), and give the old one work it would
+    # act on the moment it thaws: its watch streams hold this change and its
+    # timers are overdue. Any write of it would now show, nobody else writes.
+    standby.signal(signal.SIGSTOP)
+    frozen_at = time.monotonic()
     await client.CustomObjectsApi(kube_api).patch_namespaced_custom_object(
         GROUP,
         VERSION,
@@ -337,21 +335,43 @@ async def test_a_frozen_leader_loses_the_lease_and_writes_nothing_when_thawed(
         {"spec": {"minUnits": 4}},
         _content_type="application/merge-patch+json",
     )
-    await eventually(lambda: hosted(kube_api, kube_namespace, "pcb", 4), timeout=20)
     thawed_calls = len(kube.calls)
     leader.signal(signal.SIGCONT)
-
     assert leader.process.process is not None
     code = await asyncio.wait_for(leader.process.process.wait(), timeout=10)
+    standby.signal(signal.SIGCONT)
+    assert time.monotonic() - frozen_at < RENEW_S, "the test froze the new leader too long"
     assert code == 1 and "leadership lost" in leader.process.log
     assert writes_by(kube.calls[thawed_calls:], leader) == []
-    assert (await holder(kube_api, kube_namespace)) == standby.identity
 
-    # Kubernetes would restart it: a fresh process stands by and writes nothing.
-    restarted = Replica("op-a2", kubeconfig, kube_namespace, tmp_path / "op-a2.log")
+    # The rightful leader carries on with the change the frozen one saw first.
+    await eventually(lambda: hosted(kube_api, kube_namespace, "pcb", 4), timeout=20)
+    assert (await holder(kube_api, kube_namespace)) == standby.identity
+    assert non_lease(writes_by(kube.calls[thawed_calls:], standby))
+
+
+async def test_a_restarted_replica_stands_by_and_writes_nothing(
+    kube: KubeEmulator,
+    kube_api: client.ApiClient,
+    kube_namespace: str,
+    replicas: list[Replica],
+    kubeconfig: Path,
+    tmp_path: Path,
+) -> None:
+    """What Kubernetes does after a leader exits: a fresh process, a new identity."""
+    leader = await elected(kube_api, kube_namespace, replicas)
+    standby = next(r for r in replicas if r is not leader)
+    await standby.process.stop()
+    await create_model(kube_api, kube_namespace, "pcb", 2)
+    restarted = Replica("op-c", kubeconfig, kube_namespace, tmp_path / "op-c.log")
     async with restarted.process:
         assert await restarted.gauges() == 0.0
+        await eventually(lambda: hosted(kube_api, kube_namespace, "pcb", 2), timeout=20)
         await asyncio.sleep(3 * RETRY_S)
-        assert await restarted.gauges() == 0.0
+        assert await restarted.gauges() == 0.0 and restarted.healthz()["leader"] is False
         assert writes_by(kube.calls, restarted) == []
-    await eventually(lambda: hosted(kube_api, kube_namespace, "pcb", 4), timeout=5)
+        await leader.process.stop()  # a graceful stop releases the Lease: no lease-long wait
+        stopped_at = time.monotonic()
+        await elected(kube_api, kube_namespace, [restarted])
+        assert time.monotonic() - stopped_at < LEASE_S, "the Lease was not released"
+        assert "released the Lease" in leader.process.log
