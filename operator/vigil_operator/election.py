@@ -76,7 +76,9 @@ class LeaseStore:
         """The new resourceVersion; ApiException 409 when someone created it first."""
         body = await _json(
             self.coordination.create_namespaced_lease(
-                self.namespace, self._body(record, None), _preload_content=False
+                self.namespace,
+                self._body(record, None),  # type: ignore[arg-type]  # raw JSON, as kube.py sends
+                _preload_content=False,
             )
         )
         return str(body["metadata"]["resourceVersion"])
@@ -85,7 +87,10 @@ class LeaseStore:
         """The new resourceVersion; ApiException 409 when it changed since `version`."""
         body = await _json(
             self.coordination.replace_namespaced_lease(
-                self.name, self.namespace, self._body(record, version), _preload_content=False
+                self.name,
+                self.namespace,
+                self._body(record, version),  # type: ignore[arg-type]  # raw JSON
+                _preload_content=False,
             )
         )
         return str(body["metadata"]["resourceVersion"])

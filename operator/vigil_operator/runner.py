@@ -26,10 +26,10 @@ import signal
 import socket
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import web
 
@@ -81,7 +81,7 @@ def user_agent(identity: str) -> str:
     return f"vigil-operator/0.1.0 ({identity})"
 
 
-def stop_leading(reason: str) -> None:
+def stop_leading(reason: str) -> NoReturn:
     """Exit now: no cleanup code runs, so nothing can write after this line."""
     log.error("leadership lost: %s; exiting so that a fresh process stands by", reason)
     for handler in logging.getLogger().handlers:
@@ -103,11 +103,11 @@ async def serve_health(port: int, metrics: OperatorMetrics) -> web.AppRunner | N
     app.router.add_get("/healthz", healthz)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "0.0.0.0", port).start()  # noqa: S104  # the kubelet probes it
+    await web.TCPSite(runner, "0.0.0.0", port).start()  # the kubelet probes it
     return runner
 
 
-KopfRunner = Callable[[Fence, str, asyncio.Event | None], Awaitable[None]]
+KopfRunner = Callable[[Fence, str, asyncio.Event | None], Coroutine[Any, Any, None]]
 
 
 async def run(options: RunOptions, metrics: OperatorMetrics, kopf_runner: KopfRunner) -> int:
@@ -129,8 +129,14 @@ async def _run_elected(
     options: RunOptions, identity: str, metrics: OperatorMetrics, kopf_runner: KopfRunner
 ) -> int:
     fence = Fence(on_expired=lambda: stop_leading("a write found the renew deadline passed"))
-    # A thaw after SIGSTOP: stop before anything else gets to run, if the tenure is over.
-    signal.signal(signal.SIGCONT, lambda *_: fence.expired and stop_leading("frozen too long"))
+
+    def thawed(*_: Any) -> None:
+        """SIGCONT: a thaw after SIGSTOP. Stop before anything else gets to run
+        (Python runs the handler at the main thread's next bytecode)."""
+        if fence.expired:
+            stop_leading("frozen past the renew deadline")
+
+    signal.signal(signal.SIGCONT, thawed)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

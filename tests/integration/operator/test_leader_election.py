@@ -44,9 +44,9 @@ READS = frozenset({"get", "list", "watch"})
 T = TypeVar("T")
 
 
-async def eventually(check: Callable[[], Awaitable[T]], timeout: float, every: float = 0.1) -> T:
-    """Poll `check` until it returns without AssertionError; its last error on timeout."""
-    deadline = time.monotonic() + timeout
+async def eventually(check: Callable[[], Awaitable[T]], within: float, every: float = 0.1) -> T:
+    """Poll `check` until it returns without AssertionError; its last error after `within` s."""
+    deadline = time.monotonic() + within
     while True:
         try:
             return await check()
@@ -112,7 +112,7 @@ class Replica:
             except OSError as exc:
                 raise AssertionError(f"{self.identity} serves no metrics yet: {exc}") from exc
 
-        return await eventually(read, timeout=20)
+        return await eventually(read, within=20)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -138,9 +138,7 @@ async def replicas(
 
 async def lease(api: client.ApiClient, namespace: str) -> dict[str, Any]:
     return dict(
-        (
-            await client.CoordinationV1Api(api).read_namespaced_lease(LEASE, namespace)
-        ).spec.to_dict()
+        (await client.CoordinationV1Api(api).read_namespaced_lease(LEASE, namespace)).spec.to_dict()
     )
 
 
@@ -164,7 +162,7 @@ async def elected(api: client.ApiClient, namespace: str, pair: list[Replica]) ->
         assert gauges == {r.identity: float(r is leader) for r in pair if r.process.running}
         return leader
 
-    return await eventually(check, timeout=30)
+    return await eventually(check, within=30)
 
 
 async def create_model(api: client.ApiClient, namespace: str, name: str, units: int) -> None:
@@ -242,7 +240,7 @@ async def test_two_replicas_elect_one_and_the_standby_writes_nothing(
     assert standby.healthz() == {"status": "ok", "leader": False}
 
     await create_model(kube_api, kube_namespace, "pcb", 3)
-    await eventually(lambda: hosted(kube_api, kube_namespace, "pcb", 3), timeout=20)
+    await eventually(lambda: hosted(kube_api, kube_namespace, "pcb", 3), within=20)
     spec = await lease(kube_api, kube_namespace)
     assert spec["holder_identity"] == leader.identity
     assert spec["lease_duration_seconds"] == LEASE_S and spec["lease_transitions"] == 0
@@ -264,7 +262,7 @@ async def test_sigkill_of_the_leader_mid_failover_hands_over_without_duplicates(
     leader = await elected(kube_api, kube_namespace, replicas)
     standby = next(r for r in replicas if r is not leader)
     await create_model(kube_api, kube_namespace, "pcb", 6)
-    await eventually(lambda: hosted(kube_api, kube_namespace, "pcb", 6), timeout=30)
+    await eventually(lambda: hosted(kube_api, kube_namespace, "pcb", 6), within=30)
     before = await children(kube_api, kube_namespace, "pcb")
     assert before["Deployment"] == ["pcb-zone-a", "pcb-zone-b", "pcb-zone-c"]
 
@@ -278,7 +276,7 @@ async def test_sigkill_of_the_leader_mid_failover_hands_over_without_duplicates(
         replicas = {d.metadata.name: d.spec.replicas for d in deps.items}
         assert replicas["pcb-zone-b"] == 3, replicas  # zone-a's share is moving
 
-    await eventually(failover_begun, timeout=15, every=0.02)
+    await eventually(failover_begun, within=15, every=0.02)
     # zone-a's units are gone and their replacements still starting
     assert len((await children(kube_api, kube_namespace, "pcb"))["ready"]) == 4
     leader.signal(signal.SIGKILL)
@@ -301,7 +299,7 @@ async def test_sigkill_of_the_leader_mid_failover_hands_over_without_duplicates(
         }
         return s
 
-    await eventually(finished, timeout=30)
+    await eventually(finished, within=30)
     after = await children(kube_api, kube_namespace, "pcb")
     assert after["Deployment"] == before["Deployment"]  # none duplicated, none lost
     assert after["Service"] == ["pcb"] and after["PodDisruptionBudget"] == ["pcb"]
@@ -317,7 +315,7 @@ async def test_a_frozen_leader_loses_the_lease_and_writes_nothing_when_thawed(
     leader = await elected(kube_api, kube_namespace, replicas)
     standby = next(r for r in replicas if r is not leader)
     await create_model(kube_api, kube_namespace, "pcb", 3)
-    await eventually(lambda: hosted(kube_api, kube_namespace, "pcb", 3), timeout=20)
+    await eventually(lambda: hosted(kube_api, kube_namespace, "pcb", 3), within=20)
 
     leader.signal(signal.SIGSTOP)  # a partition, as the leader sees it: time passes without it
     await elected(kube_api, kube_namespace, [standby])
@@ -345,7 +343,7 @@ async def test_a_frozen_leader_loses_the_lease_and_writes_nothing_when_thawed(
     assert writes_by(kube.calls[thawed_calls:], leader) == []
 
     # The rightful leader carries on with the change the frozen one saw first.
-    await eventually(lambda: hosted(kube_api, kube_namespace, "pcb", 4), timeout=20)
+    await eventually(lambda: hosted(kube_api, kube_namespace, "pcb", 4), within=20)
     assert (await holder(kube_api, kube_namespace)) == standby.identity
     assert non_lease(writes_by(kube.calls[thawed_calls:], standby))
 
@@ -366,7 +364,7 @@ async def test_a_restarted_replica_stands_by_and_writes_nothing(
     restarted = Replica("op-c", kubeconfig, kube_namespace, tmp_path / "op-c.log")
     async with restarted.process:
         assert await restarted.gauges() == 0.0
-        await eventually(lambda: hosted(kube_api, kube_namespace, "pcb", 2), timeout=20)
+        await eventually(lambda: hosted(kube_api, kube_namespace, "pcb", 2), within=20)
         await asyncio.sleep(3 * RETRY_S)
         assert await restarted.gauges() == 0.0 and restarted.healthz()["leader"] is False
         assert writes_by(kube.calls, restarted) == []

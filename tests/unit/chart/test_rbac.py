@@ -277,7 +277,10 @@ def test_the_lease_is_granted_in_the_release_namespace_by_name(render: Render) -
     operator is told to use."""
     leases = lease_permissions()
     assert leases == {(*LEASES, "get"), (*LEASES, "create"), (*LEASES, "update")}
-    for values, lease in [({}, "vigil"), ({"leaderElection": {"leaseName": "op-leader"}}, "op-leader")]:
+    for values, lease in [
+        ({}, "vigil"),
+        ({"leaderElection": {"leaseName": "op-leader"}}, "op-leader"),
+    ]:
         docs = render(values)
         names: dict[Permission, list[str]] = {}
         bound = granted(docs, "vigil", names)
@@ -341,7 +344,5 @@ def test_user_roles_are_aggregated_and_not_bound_to_the_operator(render: Render)
 def test_rbac_can_be_left_to_the_cluster_admin(render: Render, values: dict[str, Any]) -> None:
     docs = render(values)
     assert not [
-        d
-        for d in docs
-        if d["kind"] in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+        d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
     ]

@@ -165,7 +165,11 @@ def test_leader_stops_writing_before_anyone_may_take_over() -> None:
     # a is frozen (SIGSTOP) from here on; b keeps trying
     takeover = next(t / 10 for t in range(0, 400) if b.tick(t / 10))
     last_write = max(t / 100 for t in range(0, 4000) if a.leads(t / 100))
-    assert last_write < CFG.renew_deadline_s <= takeover - (CFG.lease_duration_s - CFG.renew_deadline_s)
+    assert (
+        last_write
+        < CFG.renew_deadline_s
+        <= takeover - (CFG.lease_duration_s - CFG.renew_deadline_s)
+    )
     # thawed, a finds its tenure over before it writes anything
     assert not a.leads(takeover)
 

@@ -95,9 +95,11 @@ async def test_a_closed_fence_refuses_and_a_standalone_one_never_does(
         with pytest.raises(FencedWrite):
             await session.post(f"{url}/after-stop")
     lone = Fence.open_forever()
-    async with aiohttp.ClientSession(trace_configs=[lone.trace_config()]) as session:
-        async with session.post(f"{url}/standalone") as response:
-            assert response.status == 200
+    async with (
+        aiohttp.ClientSession(trace_configs=[lone.trace_config()]) as session,
+        session.post(f"{url}/standalone") as response,
+    ):
+        assert response.status == 200
     assert [p for _, p, _ in seen] == ["/standalone"]
 
 
@@ -125,7 +127,9 @@ async def test_the_handlers_client_and_kopfs_session_are_both_fenced(
 ) -> None:
     url, seen = server
     # KUBECONFIG is read at import; the loader's default is what both clients use.
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(_kubeconfig(tmp_path, url)))
+    monkeypatch.setattr(
+        kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(_kubeconfig(tmp_path, url))
+    )
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setattr(client.Configuration, "_default", None)  # loading sets it globally
     clock = Clock()
