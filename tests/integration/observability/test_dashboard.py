@@ -366,7 +366,7 @@ async def test_every_panel_query_returns_series_from_a_live_operator_and_unit(
             async def rules_evaluated() -> bool:
                 groups = (await asyncio.to_thread(prometheus.api, "rules"))["groups"]
                 rules = [r for g in groups for r in g["rules"]]
-                assert len(rules) == 8
+                assert len(rules) == 9
                 for rule in rules:
                     assert rule["health"] == "ok", rule
                 return True
