@@ -71,6 +71,7 @@ async def login(
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, ssl=info.as_ssl_context()),
         headers=headers,
+        proxy=info.proxy_url,
         trust_env=info.trust_env,
         trace_configs=[fence.trace_config()] if fence is not None else None,
     )

@@ -239,6 +239,11 @@ async def test_every_panel_query_returns_series_from_a_live_operator_and_unit(
 
     kube.pod_started = units.start
     kube.pod_stopped = units.stop
+    # The Lease as the chart has it: its name, in the release namespace.
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    chart_args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    lease_args = [a for a in chart_args if a.startswith("--lease-")]
+    kube.create_namespace(NAMESPACE)
     metrics_port = free_port()
     operator = OperatorProcess(
         [
@@ -251,6 +256,7 @@ async def test_every_panel_query_returns_series_from_a_live_operator_and_unit(
             "--liveness-port=0",
             "--reconcile-interval=1",
             "--default-image=vigil/unit:test",
+            *lease_args,
         ],
         kubeconfig=kubeconfig,
         log_path=tmp_path / "operator.log",
@@ -379,7 +385,8 @@ async def test_every_panel_query_returns_series_from_a_live_operator_and_unit(
     assert "Traceback" not in operator.log, operator.tail()
 
     # Every API call the operator made is allowed by the chart's RBAC.
-    bound = granted(docs, "vigil")
+    names: dict[tuple[str, str, str], list[str]] = {}
+    bound = granted(docs, "vigil", names)
     denied, seen = set(), set()
     for call in kube.calls:
         if not call.resource or call.intercepted:
@@ -391,10 +398,13 @@ async def test_every_panel_query_returns_series_from_a_live_operator_and_unit(
             call.namespace and perm in bound.get(call.namespace, set())
         ):
             denied.add((*perm, call.namespace))
+        if perm in names and call.name not in names[perm]:  # granted for one name only
+            denied.add((*perm, f"{call.namespace}/{call.name}"))
     assert not denied, f"the chart's RBAC would refuse: {sorted(denied)}"
     assert {
         ("apps", "deployments", "create"),
         ("vigil.dev", "models", "watch"),
         ("vigil.dev", "models/status", "patch"),
         ("", "events", "create"),
+        ("coordination.k8s.io", "leases", "update"),  # the leader renewed its Lease
     } <= seen, sorted(seen)
