@@ -27,6 +27,7 @@ from vigil_operator.core.autoscaling import ScalingState, autoscale, policy_for
 from vigil_operator.core.manifests import MODEL_LABEL as MODEL_POD_LABEL
 from vigil_operator.core.reconcile import Observed, Outcome, reconcile
 from vigil_operator.core.spec import SpecError, parse_spec
+from vigil_operator.fence import Fence
 from vigil_operator.kube import GROUP, PLURAL, VERSION, ConflictError, Kube
 from vigil_operator.metrics import OperatorMetrics
 from vigil_operator.scraper import UnitScraper, pod_ready
@@ -48,10 +49,39 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = logging.WARNING  # Events are ours, written in words
     settings.watching.server_timeout = 300
     if "kube" not in memo:
-        memo.kube = await Kube.connect()
+        memo.kube = await Kube.connect(user_agent=memo.get("user_agent"), fence=memo.get("fence"))
     memo.setdefault("metrics", OperatorMetrics())
     memo.setdefault("config", CONFIG)
     memo.setdefault("locks", {})  # (namespace, name) -> Lock, shared by every handler
+
+
+@kopf.on.login()
+async def login(
+    memo: kopf.Memo, logger: Logger, settings: kopf.OperatorSettings, **_: Any
+) -> kopf.AiohttpSession | None:
+    """kopf's own login, in a session of ours: it carries the write fence (so
+    finalizers, annotations and Events obey the Lease too) and our User-Agent."""
+    info = await kopf.login_via_async_client(logger=logger, settings=settings)
+    if info is None:
+        return None
+    headers = info.as_http_headers()
+    if memo.get("user_agent"):
+        headers["User-Agent"] = memo.user_agent
+    fence: Fence | None = memo.get("fence")
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, ssl=info.as_ssl_context()),
+        headers=headers,
+        proxy=info.proxy_url,
+        trust_env=info.trust_env,
+        trace_configs=[fence.trace_config()] if fence is not None else None,
+    )
+    return kopf.AiohttpSession(
+        aiohttp_session=session,
+        server=info.server,
+        default_namespace=info.default_namespace,
+        priority=info.priority,
+        expiration=info.expiration,
+    )
 
 
 @kopf.on.cleanup()

@@ -19,10 +19,29 @@ from typing import Any, Final
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from vigil_operator.fence import Fence
+
 HASH_ANNOTATION: Final = "vigil.dev/applied-hash"
 GROUP, VERSION, PLURAL = "vigil.dev", "v1alpha1", "models"
 MERGE: Final = "application/merge-patch+json"
 _ATTEMPTS: Final = 5
+
+
+async def new_api_client(
+    *, user_agent: str | None = None, fence: Fence | None = None
+) -> client.ApiClient:
+    """In-cluster service account when running in a Pod, else KUBECONFIG; with
+    `fence`, every write through it must pass the fence (see `fence.py`)."""
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    else:
+        await config.load_kube_config()
+    api = client.ApiClient()
+    if user_agent:
+        api.user_agent = user_agent
+    if fence is not None:
+        api.rest_client.pool_manager.trace_configs.append(fence.trace_config())
+    return api
 
 
 class ConflictError(RuntimeError):
@@ -75,13 +94,8 @@ class Kube:
         self.custom = client.CustomObjectsApi(api)
 
     @classmethod
-    async def connect(cls) -> Kube:
-        """In-cluster service account when running in a Pod, else KUBECONFIG."""
-        if os.environ.get("KUBERNETES_SERVICE_HOST"):
-            config.load_incluster_config()  # type: ignore[no-untyped-call]
-        else:
-            await config.load_kube_config()
-        return cls(client.ApiClient())
+    async def connect(cls, *, user_agent: str | None = None, fence: Fence | None = None) -> Kube:
+        return cls(await new_api_client(user_agent=user_agent, fence=fence))
 
     async def close(self) -> None:
         await self.api.close()

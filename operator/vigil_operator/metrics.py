@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -164,3 +164,13 @@ class OperatorMetrics:
             registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        self.leader = Gauge(
+            "vigil_operator_leader",
+            "1 on the replica that holds the leader Lease (or runs --standalone), 0 on standbys.",
+            registry=self.registry,
+        )
+        self.leading = False
+
+    def set_leader(self, leading: bool) -> None:
+        self.leading = leading
+        self.leader.set(1 if leading else 0)

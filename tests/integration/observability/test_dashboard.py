@@ -231,6 +231,11 @@ async def test_every_panel_query_returns_series_from_a_live_operator_and_unit(
 
     kube.pod_started = units.start
     kube.pod_stopped = units.stop
+    # The Lease as the chart has it: its name, in the release namespace.
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    chart_args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    lease_args = [a for a in chart_args if a.startswith("--lease-")]
+    kube.create_namespace(NAMESPACE)
     metrics_port = free_port()
     operator = OperatorProcess(
         [
@@ -243,6 +248,7 @@ async def test_every_panel_query_returns_series_from_a_live_operator_and_unit(
             "--liveness-port=0",
             "--reconcile-interval=1",
             "--default-image=vigil/unit:test",
+            *lease_args,
         ],
         kubeconfig=operator_identity.kubeconfig,
         log_path=tmp_path / "operator.log",
@@ -358,7 +364,7 @@ async def test_every_panel_query_returns_series_from_a_live_operator_and_unit(
             async def rules_evaluated() -> bool:
                 groups = (await asyncio.to_thread(prometheus.api, "rules"))["groups"]
                 rules = [r for g in groups for r in g["rules"]]
-                assert len(rules) == 8
+                assert len(rules) == 9
                 for rule in rules:
                     assert rule["health"] == "ok", rule
                 return True
@@ -385,4 +391,5 @@ async def test_every_panel_query_returns_series_from_a_live_operator_and_unit(
         ("vigil.dev", "models", "watch"),
         ("vigil.dev", "models/status", "patch"),
         ("", "events", "create"),
+        ("coordination.k8s.io", "leases", "update"),  # the leader renewed its Lease
     } <= seen, sorted(seen)

@@ -124,6 +124,7 @@ async def test_load_scales_up_within_bounds_and_back_down(
             "0",
             "--reconcile-interval",
             "1",
+            "--standalone",  # a lone replica: no leader Lease (see test_leader_election.py)
         ],
         kubeconfig=operator_identity.kubeconfig,
         log_path=tmp_path / "operator.log",

@@ -59,6 +59,9 @@ class Operator:
                 str(INTERVAL),
                 "--default-image",
                 "vigil/unit:test",
+                # A lone replica: a restarted one must not wait out its predecessor's
+                # Lease (test_leader_election.py runs the elected pair).
+                "--standalone",
             ],
             kubeconfig=kubeconfig,
             log_path=log,

@@ -27,7 +27,8 @@ from vigil_operator.core.spec import parse_spec
 CRD_SOURCE = ROOT / "crds" / "models.vigil.dev.yaml"
 K8S_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
-CASES = {"defaults": None, "all-on": ALL_ON}
+LONE = {"leaderElection": {"enabled": False}, "replicaCount": 1}
+CASES = {"defaults": None, "all-on": ALL_ON, "lone-replica": LONE}
 
 
 def test_lint_strict_with_defaults_and_every_toggle(helm: Path, tmp_path: Path) -> None:
@@ -184,6 +185,10 @@ def test_values_schema_refuses_typos_and_bad_values(helm: Path) -> None:
         "prometheus.serviceMonitor.interval=often",
         "watchNamespaces[0]=Not_A_Namespace",
         "livenessProbe.port=0",
+        "replicaCount=0",
+        "leaderElection.leaseDurationSeconds=0",
+        "leaderElection.leaseName=Not_A_Name",
+        "topologySpreadConstraints[0].whenUnsatisfiable=Sometimes",
     ):
         result = run_helm(helm, "template", "vigil", str(CHART), "--set", bad, check=False)
         assert result.returncode != 0, f"--set {bad} was accepted"
@@ -266,11 +271,16 @@ def test_operator_deployment_is_restricted_and_its_flags_exist(render: Render) -
         assert security["capabilities"] == {"drop": ["ALL"]}
         assert security["seccompProfile"] == {"type": "RuntimeDefault"}
         assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/tmp"}
-        assert deployment["spec"]["replicas"] == 1
-        assert deployment["spec"]["strategy"] == {"type": "Recreate"}
-
         args = build_parser().parse_args(container["args"])  # the image's entrypoint is vigil
         assert args.command == "operator"
+        if case is LONE:
+            assert args.standalone and deployment["spec"]["replicas"] == 1
+            assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+        else:
+            assert not args.standalone and deployment["spec"]["replicas"] == 2
+            assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+            election = (args.lease_duration, args.renew_deadline, args.retry_period)
+            assert election == (15, 10, 2)  # client-go's defaults
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert ports["metrics"] == args.metrics_port == 8080
         assert ports["healthz"] == args.liveness_port == 8081
@@ -278,6 +288,37 @@ def test_operator_deployment_is_restricted_and_its_flags_exist(render: Render) -
         assert probe == {"path": "/healthz", "port": "healthz"}
         assert args.default_image == "ghcr.io/vigil-dev/vigil-inference:0.1.0"
         assert args.namespace == (case or {}).get("watchNamespaces", [])
+
+
+def test_two_replicas_spread_over_zones_with_a_disruption_budget(render: Render) -> None:
+    docs = render()
+    deployment = one(docs, "Deployment")
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    spread = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert [c["topologyKey"] for c in spread] == [
+        "topology.kubernetes.io/zone",
+        "kubernetes.io/hostname",
+    ]
+    assert all(c["labelSelector"] == {"matchLabels": selector} for c in spread)
+    budget = one(docs, "PodDisruptionBudget")
+    assert budget["spec"] == {"minAvailable": 1, "selector": {"matchLabels": selector}}
+    # One replica: a budget of 1 would block every node drain.
+    assert not find(render(LONE), "PodDisruptionBudget")
+    assert not find(render({"replicaCount": 1}), "PodDisruptionBudget")
+
+
+def test_several_replicas_without_leader_election_are_refused(helm: Path) -> None:
+    result = run_helm(
+        helm,
+        "template",
+        "vigil",
+        str(CHART),
+        "--set",
+        "leaderElection.enabled=false",
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "replicaCount > 1 needs leaderElection.enabled" in result.stderr
 
 
 def test_unit_image_digest_wins_and_liveness_can_be_off(render: Render) -> None:

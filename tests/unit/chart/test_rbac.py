@@ -12,6 +12,8 @@ source), and `kopf.adopt` (owner references with blockOwnerDeletion, which
 needs update on the owner's finalizers). The integration tests run the real
 operator under these rules in the API server emulator, which refuses (403)
 any call they do not grant.
+The leader Lease is the exception to "cluster-wide": a Role in the release
+namespace, with get and update limited to the Lease by resourceNames.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ CLUSTER_SCOPED = {
     ("apiextensions.k8s.io", "customresourcedefinitions"),
 }
 HTTP_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+LEASES = ("coordination.k8s.io", "leases")
 
 
 def _selector(sel: Any) -> tuple[str, str]:
@@ -196,10 +199,22 @@ def needed(namespaced: bool) -> set[Permission]:
     return kopf_permissions(namespaced) | client_permissions() | adoption_permissions()
 
 
-def granted(docs: list[dict[str, Any]], account: str) -> dict[str, set[Permission]]:
+def lease_permissions() -> set[Permission]:
+    """The leader election's calls, from the same derivation: only these may be
+    (and must be) granted in the operator's own namespace alone."""
+    return {p for p in client_permissions() if (p[0], p[1]) == LEASES}
+
+
+def granted(
+    docs: list[dict[str, Any]], account: str, names: dict[Permission, list[str]] | None = None
+) -> dict[str, set[Permission]]:
     """Permissions bound to ServiceAccount `account`, by where they apply:
-    "*" (cluster-wide) or a namespace."""
-    roles = {d["metadata"]["name"]: d for d in find(docs, "ClusterRole")}
+    "*" (cluster-wide) or a namespace. Rules limited by resourceNames (Roles
+    only) go into `names`."""
+    roles = {
+        (d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): d
+        for d in [*find(docs, "ClusterRole"), *find(docs, "Role")]
+    }
     out: dict[str, set[Permission]] = {}
     for binding in [*find(docs, "ClusterRoleBinding"), *find(docs, "RoleBinding")]:
         subjects = binding.get("subjects") or []
@@ -208,19 +223,23 @@ def granted(docs: list[dict[str, Any]], account: str) -> dict[str, set[Permissio
             for s in subjects
         ):
             continue
-        assert binding["roleRef"]["kind"] == "ClusterRole"
-        role = roles[binding["roleRef"]["name"]]
+        kind = binding["roleRef"]["kind"]
+        role_ns = binding["metadata"].get("namespace") if kind == "Role" else None
+        role = roles[(kind, role_ns, binding["roleRef"]["name"])]
         scope = (
             binding["metadata"].get("namespace", "*") if binding["kind"] == "RoleBinding" else "*"
         )
         perms = out.setdefault(scope, set())
         for rule in role["rules"]:
-            assert "resourceNames" not in rule and "nonResourceURLs" not in rule
+            assert "nonResourceURLs" not in rule
+            assert "resourceNames" not in rule or role["kind"] == "Role"
             for group in rule["apiGroups"]:
                 for resource in rule["resources"]:
                     for verb in rule["verbs"]:
                         assert "*" not in (group, resource, verb), f"wildcard in {rule}"
                         perms.add((group, resource, verb))
+                        if "resourceNames" in rule and names is not None:
+                            names[(group, resource, verb)] = rule["resourceNames"]
     return out
 
 
@@ -249,16 +268,45 @@ def test_the_code_needs_what_a_kopf_operator_of_deployments_needs() -> None:
 
 def test_cluster_wide_rbac_is_exactly_what_the_operator_calls(render: Render) -> None:
     bound = granted(render(), "vigil")
-    assert set(bound) == {"*"}, "cluster-wide: ClusterRoleBindings only"
-    want, have = needed(namespaced=False), bound["*"]
+    assert set(bound) == {"*", NAMESPACE}, "cluster-wide, plus the Lease in its own namespace"
+    want, have = needed(namespaced=False) - lease_permissions(), bound["*"]
     assert have == want, f"missing:\n{_show(want - have)}\nextra:\n{_show(have - want)}"
+
+
+def test_the_lease_is_granted_in_the_release_namespace_by_name(render: Render) -> None:
+    """create cannot be limited by name; get and update are, to the Lease the
+    operator is told to use."""
+    leases = lease_permissions()
+    assert leases == {(*LEASES, "get"), (*LEASES, "create"), (*LEASES, "update")}
+    for values, lease in [
+        ({}, "vigil"),
+        ({"leaderElection": {"leaseName": "op-leader"}}, "op-leader"),
+    ]:
+        docs = render(values)
+        names: dict[Permission, list[str]] = {}
+        bound = granted(docs, "vigil", names)
+        assert bound[NAMESPACE] == leases
+        assert names == {(*LEASES, "get"): [lease], (*LEASES, "update"): [lease]}
+        (deployment,) = find(docs, "Deployment")
+        args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert f"--lease-name={lease}" in args and f"--lease-namespace={NAMESPACE}" in args
+
+
+def test_a_lone_replica_gets_no_lease_permissions(render: Render) -> None:
+    docs = render({"leaderElection": {"enabled": False}, "replicaCount": 1})
+    bound = granted(docs, "vigil")
+    assert set(bound) == {"*"}
+    assert not {p for p in bound["*"] if (p[0], p[1]) == LEASES}
+    (deployment,) = find(docs, "Deployment")
+    assert "--standalone" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
 def test_namespaced_rbac_grants_namespaced_calls_only_in_watched_namespaces(
     render: Render,
 ) -> None:
     bound = granted(render(ALL_ON), "vigil")
-    want = needed(namespaced=True)
+    assert bound.pop(NAMESPACE) == lease_permissions()
+    want = needed(namespaced=True) - lease_permissions()
     cluster = {p for p in want if (p[0], p[1]) in CLUSTER_SCOPED}
     assert set(bound) == {"*", "factory", "lab"}
     assert bound["*"] == cluster, (
@@ -297,5 +345,5 @@ def test_user_roles_are_aggregated_and_not_bound_to_the_operator(render: Render)
 def test_rbac_can_be_left_to_the_cluster_admin(render: Render, values: dict[str, Any]) -> None:
     docs = render(values)
     assert not [
-        d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding", "RoleBinding")
+        d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
     ]

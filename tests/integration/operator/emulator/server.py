@@ -108,6 +108,7 @@ class ApiCall:
     path: str
     intercepted: bool = False  # answered by a test-declared kmock reaction
     user: str = ""  # who made it ("" when unauthenticated)
+    user_agent: str = ""  # who called, as an audit log's userAgent tells replicas apart
 
     @property
     def resource_id(self) -> str:
@@ -384,6 +385,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
                     path=raw.path,
                     intercepted=intercepted,
                     user=user,
+                    user_agent=raw.headers.get("User-Agent", ""),
                 )
             )
 
