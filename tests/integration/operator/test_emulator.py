@@ -1399,3 +1399,26 @@ async def test_nothing_is_evicted_when_every_node_is_down(
 
     kube.node_up("zone-a-node-1")
     await kube.wait_for(lambda: kube.ready_pods(NS) and taints(kube, "zone-a-node-1") == set())
+
+
+async def test_built_in_kubelets_renew_their_node_leases(kube: KubeEmulator) -> None:
+    def renewed() -> str:
+        lease = kube.get_object("leases", "zone-a-node-1", "kube-node-lease")
+        assert lease is not None and lease["spec"]["holderIdentity"] == "zone-a-node-1"
+        assert lease["metadata"]["ownerReferences"][0]["kind"] == "Node"
+        return str(lease["spec"]["renewTime"])
+
+    first = renewed()
+    await kube.wait_for(lambda: renewed() != first, timeout=2)
+
+
+@pytest.mark.kube_emulator(run_kubelet=False, zones=("zone-a",), nodes_per_zone=1)
+async def test_without_the_built_in_kubelet_nodes_wait_for_an_external_one(
+    kube: KubeEmulator, core: client.CoreV1Api
+) -> None:
+    assert kube.get_object("leases", "zone-a-node-1", "kube-node-lease") is None
+    await core.create_namespaced_pod(NS, pod("idle"))
+    await kube.wait_for(lambda: kube.get_object("pods", "idle", NS)["spec"].get("nodeName"))
+    await kube.wait_for(lambda: node_ready(kube, "zone-a-node-1") == "Unknown", timeout=3)
+    idle = kube.get_object("pods", "idle", NS)
+    assert idle is not None and idle["status"]["phase"] == "Pending"  # nobody started it

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from .auth import ADMIN_TOKEN
 from .server import KubeEmulator
 
 T = TypeVar("T")
@@ -98,5 +99,7 @@ class EmulatorThread:
 
         return asyncio.run_coroutine_threadsafe(invoke(), self._loop)
 
-    def write_kubeconfig(self, path: Path, *, namespace: str = "default") -> Path:
-        return self.call(lambda kube: kube.write_kubeconfig(path, namespace=namespace))
+    def write_kubeconfig(
+        self, path: Path, *, namespace: str = "default", token: str = ADMIN_TOKEN
+    ) -> Path:
+        return self.call(lambda kube: kube.write_kubeconfig(path, namespace=namespace, token=token))
