@@ -33,7 +33,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         action="store_true",
         help="a lone replica: no leader election (never run two replicas like this)",
     )
-    p.add_argument("--lease-name", default="vigil-operator", help="the leader Lease's name")
+    p.add_argument(
+        "--lease-name",
+        default="vigil-operator",
+        help="the leader Lease's name (default %(default)s)",
+    )
     p.add_argument(
         "--lease-namespace",
         help="the Lease's namespace (default: $POD_NAMESPACE, the service account's, "
@@ -44,19 +48,21 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--lease-duration",
         type=float,
         default=election.lease_duration_s,
-        help="seconds a standby waits after the Lease's last change before taking over",
+        help="seconds a standby waits after the Lease's last change before taking over "
+        "(default %(default)s)",
     )
     p.add_argument(
         "--renew-deadline",
         type=float,
         default=election.renew_deadline_s,
-        help="seconds after its last renewal at which the leader stops writing",
+        help="seconds after its last renewal at which the leader stops writing "
+        "(default %(default)s)",
     )
     p.add_argument(
         "--retry-period",
         type=float,
         default=election.retry_period_s,
-        help="seconds between tries to acquire or renew the Lease",
+        help="seconds between tries to acquire or renew the Lease (default %(default)s)",
     )
     p.add_argument("--default-image", help="unit image when a Model names none")
     p.add_argument("--reconcile-interval", type=float, help="seconds between reconciles")
