@@ -235,7 +235,6 @@ async def test_every_panel_query_returns_series_from_a_live_operator_and_unit(
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     chart_args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     lease_args = [a for a in chart_args if a.startswith("--lease-")]
-    kube.create_namespace(NAMESPACE)
     metrics_port = free_port()
     operator = OperatorProcess(
         [
