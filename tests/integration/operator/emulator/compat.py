@@ -3,7 +3,8 @@
 Each piece is installed only when the emulator does not do it itself, so the
 process behaves like a bare control plane either way:
 
-- no built-in kubelet: Pods run only where a (simulated) kubelet runs them;
+- no built-in kubelet: Pods run only where a (simulated) kubelet runs them,
+  and a deleted Pod stays Terminating until its kubelet confirms;
 - the node lifecycle controller's heartbeat check: a Node whose Lease in
   ``kube-node-lease`` (or, without one, whose Ready condition) has not been
   renewed for the grace period turns Ready=Unknown, "Kubelet stopped posting
@@ -55,6 +56,8 @@ def install(kube: KubeEmulator, *, grace_period: float) -> list[asyncio.Task[Non
     tasks = []
     if "run_kubelet" not in fields:
         kube.controllers._kubelet = lambda full: None  # type: ignore[method-assign]
+        # Deleted Pods on a Node stay Terminating until their kubelet confirms.
+        kube.pod_termination_delay = 3600.0
     if "node_monitor_grace_period" not in fields:
         tasks.append(asyncio.create_task(_node_monitor(kube, grace_period)))
     return tasks
