@@ -176,7 +176,6 @@ def vigil(cluster: Cluster, kubelets: Kubelets | None) -> Iterator[Install]:
             "metrics": {"port": free_port()},
             "livenessProbe": {"port": free_port()},
             "reconcileIntervalSeconds": 1,
-            "verbose": True,
             "extraEnv": [
                 {"name": "VIGIL_SCRAPE_INTERVAL", "value": "0.5"},
                 {"name": "VIGIL_STABLE_WINDOW", "value": "6"},
