@@ -4,7 +4,7 @@ client-go's typed clients (kubectl's ``create namespace``, helm's release
 storage in Secrets) encode built-in objects as ``application/vnd.kubernetes.protobuf``
 and have no fallback to JSON. This decodes those bodies (the ``k8s\\0``
 envelope around a ``runtime.Unknown``) into the JSON form the store takes, for
-Namespace, Secret and ConfigMap: the fields of k8s.io/api/core/v1's
+Namespace and Secret: the fields of k8s.io/api/core/v1's
 generated.proto and ObjectMeta's user-settable ones. Other kinds get a 415
 naming the kind, so a gap shows up as a clear error.
 """
@@ -99,22 +99,6 @@ def _secret(raw: bytes) -> Obj:
     return obj
 
 
-def _config_map(raw: bytes) -> Obj:
-    obj: Obj = {}
-    for number, _, value in _fields(raw):
-        if number == 1:
-            obj["metadata"] = _object_meta(value)
-        elif number == 2:
-            key, text = _map(value, _text)
-            obj.setdefault("data", {})[key] = text
-        elif number == 3:
-            key, data = _map(value, _bytes_b64)
-            obj.setdefault("binaryData", {})[key] = data
-        elif number == 4:
-            obj["immutable"] = bool(value)
-    return obj
-
-
 def _namespace(raw: bytes) -> Obj:
     obj: Obj = {}
     for number, _, value in _fields(raw):
@@ -129,7 +113,6 @@ def _namespace(raw: bytes) -> Obj:
 
 _KINDS: dict[tuple[str, str], Callable[[bytes], Obj]] = {
     ("v1", "Secret"): _secret,
-    ("v1", "ConfigMap"): _config_map,
     ("v1", "Namespace"): _namespace,
 }
 
