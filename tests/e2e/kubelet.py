@@ -187,7 +187,8 @@ class Kubelet:
         self.pods: dict[str, PodRun] = {}
         self.network = ipaddress.ip_network(args.pod_cidr)
         self._hosts: Iterator[Any] = self.network.hosts()
-        self.used_ips: set[str] = set()
+        # The Nodes' own addresses come first in the range; Pods get the others.
+        self.used_ips: set[str] = {str(self.network[i + 1]) for i in range(len(self.nodes))}
         self.workdir = Path(args.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._deleting: set[str] = set()
@@ -635,7 +636,7 @@ class Kubelet:
             {"type": "ContainersReady", "status": flag, "lastTransitionTime": now},
             {"type": "Ready", "status": flag, "lastTransitionTime": now},
         ]
-        node_ip = str(self.network[1])
+        node_ip = str(self.network[self.nodes.index(run.node) + 1])
         status = {
             "phase": "Running" if run.containers else "Pending",
             "conditions": conditions,
