@@ -43,8 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--eviction-seconds",
-        type=float,
-        default=300.0,
+        type=int,
+        default=300,
         help="how long Pods stay on an unreachable Node before eviction",
     )
     return p.parse_args(argv)
