@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import ctypes
 import ipaddress
@@ -179,6 +180,7 @@ class PodRun:
 
 class Kubelet:
     def __init__(self, api: Api, args: argparse.Namespace, server: str, ca: str | None) -> None:
+        """``ca``: the cluster's CA bundle, base64 (kubeconfig's certificate-authority-data)."""
         self.api = api
         self.args = args
         self.server = server
@@ -502,7 +504,7 @@ class Kubelet:
             return {"KUBECONFIG": self.args.kubeconfig}
         cluster: Obj = {"server": self.server}
         if self.ca:
-            cluster["certificate-authority"] = self.ca
+            cluster["certificate-authority-data"] = self.ca
         kubeconfig = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -668,7 +670,10 @@ async def main_async(args: argparse.Namespace) -> None:
     del loader
     configuration = client.Configuration.get_default_copy()
     api_client = client.ApiClient(configuration)
-    kubelet = Kubelet(Api(api_client), args, configuration.host, configuration.ssl_ca_cert)
+    ca = None
+    if configuration.ssl_ca_cert:  # a temporary file the client library removes at exit
+        ca = base64.b64encode(Path(configuration.ssl_ca_cert).read_bytes()).decode()  # noqa: ASYNC240 - once, at start
+    kubelet = Kubelet(Api(api_client), args, configuration.host, ca)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

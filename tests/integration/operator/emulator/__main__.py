@@ -1,7 +1,8 @@
 """The emulator as its own process, a stand-in for a bare control plane.
 
 ``python -m tests.integration.operator.emulator --kubeconfig FILE`` serves
-the API over HTTP on loopback and writes an admin kubeconfig for it once it
+the API over HTTPS on loopback (a throwaway CA: kubectl sends no bearer
+token over plain HTTP) and writes an admin kubeconfig for it once it
 answers (written atomically, so a client polling for the file never reads
 half of it). Like a fresh cluster it has no Nodes, no kubelet and no Model
 CRD: the end-to-end suite (``tests/e2e``) brings simulated kubelets and
@@ -18,13 +19,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import os
 import signal
+import ssl
 from pathlib import Path
 from typing import Any
 
 import attrs
+import trustme
+import yaml
 
 from . import compat
 from .server import KubeEmulator
@@ -71,17 +76,34 @@ def _write_atomically(path: Path, write: Any) -> None:
     os.replace(tmp, path)
 
 
+def tls(host: str) -> tuple[ssl.SSLContext, bytes]:
+    """A server context from a throwaway CA (kubectl sends no token over plain HTTP),
+    and the CA's PEM for the kubeconfig."""
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(host, "localhost").configure_cert(context)
+    return context, ca.cert_pem.bytes()
+
+
+def write_kubeconfig(kube: KubeEmulator, path: Path, ca_pem: bytes) -> None:
+    """The emulator's admin kubeconfig, trusting its CA."""
+    kube.write_kubeconfig(path, namespace="default")
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for cluster in config["clusters"]:
+        cluster["cluster"]["certificate-authority-data"] = base64.b64encode(ca_pem).decode()
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+
+
 async def serve(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     emulator = KubeEmulator(**emulator_options(args))
-    async with emulator.serve(host=args.host, port=args.port or None) as kube:
+    context, ca_pem = tls(args.host)
+    async with emulator.serve(host=args.host, port=args.port or None, ssl=context) as kube:
         background = compat.install(kube, grace_period=args.node_monitor_grace_period)
-        _write_atomically(
-            args.kubeconfig, lambda path: kube.write_kubeconfig(path, namespace="default")
-        )
+        _write_atomically(args.kubeconfig, lambda path: write_kubeconfig(kube, path, ca_pem))
         print(f"serving {kube.server_url}; kubeconfig {args.kubeconfig}", flush=True)
         await stop.wait()
         for task in background:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import inspect
 import json
 import time
@@ -24,8 +25,10 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from ssl import SSLContext
 from typing import Any, TypeVar
 
+import aiohttp.test_utils
 import aiohttp.web
 import attrs
 import kmock
@@ -146,6 +149,17 @@ def _to_controllers(instance: Any, attribute: Any, value: Any) -> Any:
     return value
 
 
+class _TLSServer(aiohttp.test_utils.RawTestServer):
+    """kmock's server class, listening with TLS."""
+
+    def __init__(self, *args: Any, ssl_context: SSLContext, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ssl_context = ssl_context
+
+    async def start_server(self, loop: Any = None, **kwargs: Any) -> None:
+        await super().start_server(loop=loop, ssl=self.ssl_context, **kwargs)
+
+
 @attrs.define(kw_only=True)
 class KubeEmulator(kmock.KubernetesEmulator):
     """A Kubernetes API server emulator with a simulated control plane.
@@ -225,11 +239,16 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     @contextlib.asynccontextmanager
     async def serve(
-        self, host: str = "127.0.0.1", port: int | None = None
+        self, host: str = "127.0.0.1", port: int | None = None, ssl: SSLContext | None = None
     ) -> AsyncIterator[KubeEmulator]:
-        """Run the emulator and an HTTP server for it (on a free port unless given one)."""
+        """Run the emulator and an HTTP server for it (on a free port unless given one);
+        HTTPS with ``ssl`` (kubectl sends no credentials over plain HTTP)."""
         async with self:
-            server = kmock.Server(self, host=host, port=port)
+            if ssl is None:
+                server = kmock.Server(self, host=host, port=port)
+            else:
+                tls = functools.partial(_TLSServer, ssl_context=ssl)
+                server = kmock.Server(self, host=host, port=port, server_cls=tls)
             await server.__aenter__()
             try:
                 yield self
