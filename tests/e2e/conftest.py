@@ -1,7 +1,7 @@
 """End-to-end fixtures: a cluster, simulated kubelets when it has no nodes, Vigil from the chart.
 
 - KUBECONFIG set: that cluster (it must answer; no silent fallback).
-  Otherwise the API-server emulator runs as its own process over HTTP.
+  Otherwise the API-server emulator runs as its own process over HTTPS.
 - A cluster without schedulable nodes of its own (a bare control plane, the
   emulator) gets simulated kubelets (:mod:`tests.e2e.kubelet`): two Nodes per
   zone in three zones with 4 GPUs each, and a zone-less system Node that runs
