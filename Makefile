@@ -104,7 +104,7 @@ typecheck: install
 test: install tools base-image lint typecheck
 	$(VENV)/bin/pytest -q -ra $(PYTEST_ARGS)
 
-test-fast: install tools base-image
+test-fast: install tools
 	$(VENV)/bin/pytest -q -m 'not slow' $(PYTEST_ARGS)
 
 # Both images, their sizes and layers, then each run as the chart runs it. The
