@@ -5,7 +5,9 @@ read-only root filesystem, a tmpfs on /tmp only, the host's network."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -65,7 +67,12 @@ def operator_image(image_tools: None) -> Image:
     """The operator target, built now: buildah's layer cache makes an unchanged
     rebuild a few seconds, and any change to the sources is built and run."""
     build = subprocess.run(
-        [str(BUILD), "operator"], capture_output=True, text=True, timeout=900, check=False
+        [str(BUILD), "operator"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        env={**os.environ, "PYTHON": sys.executable},  # whose pip config the build mounts
     )
     if build.returncode != 0:
         pytest.fail(f"building the operator image failed:\n{build.stdout[-4000:]}{build.stderr}")
