@@ -5,7 +5,9 @@
 #   scripts/build-images.sh operator [inference]
 #
 # Tags localhost/vigil-<target>:dev (VIGIL_IMAGE_TAG overrides "dev"). Layers
-# are cached by buildah, so an unchanged rebuild takes seconds.
+# are cached by buildah, so an unchanged rebuild takes seconds. Docker format,
+# or the HEALTHCHECKs are dropped; chroot isolation and the host's network, as
+# a sandbox or CI container allows (no nested cgroups or network namespaces).
 #
 # pip inside the build reaches what pip here reaches: the pip configuration
 # files of this machine, and the local paths they name (file:// indexes,
