@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import signal
 import subprocess
@@ -11,7 +12,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -37,10 +38,18 @@ RESULT_FIELDS = {
 
 
 class ServeProcess:
-    def __init__(self, model: Path) -> None:
+    """`vigil serve` on free ports; `vigil` is this checkout's by default, or
+    any command that runs it (an image: tests/integration/images)."""
+
+    def __init__(
+        self,
+        model: Path,
+        vigil: Sequence[str] = VIGIL,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.proc = subprocess.Popen(
             [
-                *VIGIL,
+                *vigil,
                 "serve",
                 "--model",
                 str(model),
@@ -58,6 +67,7 @@ class ServeProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env={**os.environ, **env} if env else None,
         )
         self.lines: list[str] = []
         self._ready = threading.Event()
@@ -75,6 +85,16 @@ class ServeProcess:
             if "grpc_port=" in line:
                 self._ready.set()
         self._ready.set()
+
+    def stop(self) -> int:
+        """SIGTERM (a graceful drain), then SIGKILL after 30 s; the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
 
     @property
     def stderr(self) -> str:
