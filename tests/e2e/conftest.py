@@ -176,6 +176,7 @@ def vigil(cluster: Cluster, kubelets: Kubelets | None) -> Iterator[Install]:
             "metrics": {"port": free_port()},
             "livenessProbe": {"port": free_port()},
             "reconcileIntervalSeconds": 1,
+            "zoneRecoverySeconds": 5,  # a recovered zone takes units back after 5 s Ready
             "extraEnv": [
                 {"name": "VIGIL_SCRAPE_INTERVAL", "value": "0.5"},
                 {"name": "VIGIL_STABLE_WINDOW", "value": "6"},
