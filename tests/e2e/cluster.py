@@ -177,6 +177,13 @@ class Kubelets:
         if process is not None:
             process.stop()
 
+    def signal(self, key: str, sig: signal.Signals) -> None:
+        """Send a zone's kubelets a signal (SIGUSR1: nodes NotReady/Ready; SIGUSR2:
+        readiness probes fail/pass; see tests.e2e.kubelet)."""
+        process = self.processes[key]
+        assert process.popen is not None and process.running, f"kubelets of {key} not running"
+        process.popen.send_signal(sig)
+
     def stop_all(self) -> None:
         for key in list(self.processes):
             self.stop(key)

@@ -19,7 +19,10 @@ API only, as a kubelet does:
   TokenRequest API (``KUBECONFIG``), as the kubelet projects one;
 - a Terminating Pod's containers get SIGTERM, SIGKILL after the grace period,
   and the Pod is then deleted with gracePeriodSeconds=0;
-- containerID is ``vigil-e2e://<pid>``, so a test can kill a container.
+- containerID is ``vigil-e2e://<pid>``, so a test can kill a container;
+- SIGUSR1 toggles the Nodes' Ready condition (NotReady with the Pods still
+  running, as when the container runtime is down), SIGUSR2 makes every
+  readiness probe of its Pods fail (or pass again), for the chaos tests.
 
 Stopping this process (SIGTERM or SIGKILL) is a zone outage: its containers
 die with it and the Nodes stop heartbeating. Started again, it takes its Nodes
@@ -123,7 +126,10 @@ def node_body(
     }
 
 
-def node_conditions() -> list[Obj]:
+def node_conditions(ready: bool = True, since: str | None = None) -> list[Obj]:
+    """The conditions a kubelet posts; `since` is when Ready last changed (a real
+    kubelet moves lastTransitionTime only then, and the operator's zone recovery
+    reads it)."""
     beat = now_iso()
     conditions = [
         {
@@ -132,18 +138,20 @@ def node_conditions() -> list[Obj]:
             "reason": f"KubeletHasSufficient{kind.removesuffix('Pressure')}",
             "message": f"kubelet has no {kind}",
             "lastHeartbeatTime": beat,
-            "lastTransitionTime": beat,
+            "lastTransitionTime": since or beat,
         }
         for kind in ("MemoryPressure", "DiskPressure", "PIDPressure")
     ]
     conditions.append(
         {
             "type": "Ready",
-            "status": "True",
-            "reason": "KubeletReady",
-            "message": "kubelet is posting ready status",
+            "status": "True" if ready else "False",
+            "reason": "KubeletReady" if ready else "KubeletNotReady",
+            "message": "kubelet is posting ready status"
+            if ready
+            else "container runtime is down (simulated with SIGUSR1)",
             "lastHeartbeatTime": beat,
-            "lastTransitionTime": beat,
+            "lastTransitionTime": since or beat,
         }
     )
     return conditions
@@ -195,6 +203,10 @@ class Kubelet:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._deleting: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Faults a test can switch with signals (see toggle_ready / toggle_probes).
+        self.node_ready = True
+        self.ready_since = now_iso()
+        self.probes_fail = False
 
     # --- nodes ---
 
@@ -212,12 +224,30 @@ class Kubelet:
             await self.renew_lease(name)
 
     async def post_status(self, name: str) -> None:
+        conditions = node_conditions(self.node_ready, self.ready_since)
         await self.api.request(
             "PATCH",
             f"/api/v1/nodes/{name}/status",
-            body={"status": {"conditions": node_conditions()}},
+            body={"status": {"conditions": conditions}},
             content_type="application/strategic-merge-patch+json",
         )
+
+    def toggle_ready(self) -> None:
+        """SIGUSR1: the Nodes report NotReady (or Ready again) at once, as a kubelet
+        whose container runtime went down (or came back) does; Pods keep running."""
+        self.node_ready = not self.node_ready
+        self.ready_since = now_iso()
+        LOG(f"nodes {'Ready' if self.node_ready else 'NotReady'}", flush=True)
+        for name in self.nodes:
+            task = asyncio.create_task(self.post_status(name))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def toggle_probes(self) -> None:
+        """SIGUSR2: every readiness probe of this kubelet's Pods fails (or passes again),
+        as for a unit that hangs before it can serve."""
+        self.probes_fail = not self.probes_fail
+        LOG(f"readiness probes {'failing' if self.probes_fail else 'run'}", flush=True)
 
     async def renew_lease(self, name: str) -> None:
         path = f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases"
@@ -540,7 +570,7 @@ class Kubelet:
             return
         threshold = int(probe.get("failureThreshold", 3))
         while True:
-            ok = await self.probe_once(probe, run.ip)
+            ok = not self.probes_fail and await self.probe_once(probe, run.ip)
             was = container.ready
             if ok:
                 container.failures = 0
@@ -678,6 +708,8 @@ async def main_async(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, kubelet.toggle_ready)
+    loop.add_signal_handler(signal.SIGUSR2, kubelet.toggle_probes)
     try:
         await kubelet.register()
         tasks = [asyncio.create_task(kubelet.heartbeats())]
