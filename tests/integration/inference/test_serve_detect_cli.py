@@ -19,6 +19,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
+from tests.damaged_images import DAMAGE
 from vigil_inference.artifact import ArtifactError, load_artifact
 from vigil_inference.server import SERVICE_NAME
 
@@ -205,6 +206,35 @@ def test_detect_reports_each_failure_and_continues(
     assert str(missing) in errors[1]
     assert "No such file" in errors[1]
     assert unit.metric('vigil_inference_images_total{result="invalid"}') == invalid_before + 1
+
+
+def test_detect_names_each_damaged_image_and_scores_the_whole_one(
+    unit: ServeProcess, tmp_path: Path, png_image: Callable[..., bytes]
+) -> None:
+    damaged = []
+    for i, (make, words) in enumerate(DAMAGE.values()):
+        data = make()
+        suffix = "png" if data.startswith(b"\x89PNG") else "jpg"
+        path = tmp_path / f"damaged-{i}.{suffix}"
+        path.write_bytes(data)
+        damaged.append((path, words))
+    good = tmp_path / "good.png"
+    good.write_bytes(png_image(16))
+    invalid_before = unit.metric('vigil_inference_images_total{result="invalid"}')
+
+    run = detect("--target", f"127.0.0.1:{unit.port}", *(str(p) for p, _ in damaged), str(good))
+
+    assert run.returncode == 1
+    [line] = run.stdout.splitlines()
+    assert json.loads(line)["image"] == str(good)
+    errors = run.stderr.splitlines()
+    assert len(errors) == len(damaged)
+    for error, (path, words) in zip(errors, damaged, strict=True):
+        assert error.startswith(f"vigil detect: {path}: INVALID_ARGUMENT")
+        assert "truncated or corrupt" in error
+        assert words in error
+    invalid = unit.metric('vigil_inference_images_total{result="invalid"}')
+    assert invalid == invalid_before + len(damaged)
 
 
 def test_detect_against_no_server_fails_with_status(tmp_path: Path) -> None:
