@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import signal
 import subprocess
-import sys
-import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,12 +16,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from tests.damaged_images import DAMAGE
+from tests.integration.inference.serve_process import VIGIL, ServeProcess
 from vigil_inference.artifact import ArtifactError, load_artifact
 from vigil_inference.server import SERVICE_NAME
 
 pytestmark = pytest.mark.slow
 
-VIGIL = [sys.executable, "-m", "vigil_inference.cli"]
 RESULT_FIELDS = {
     "is_anomalous",
     "confidence",
@@ -37,69 +33,13 @@ RESULT_FIELDS = {
 }
 
 
-class ServeProcess:
-    def __init__(self, model: Path) -> None:
-        self.proc = subprocess.Popen(
-            [
-                *VIGIL,
-                "serve",
-                "--model",
-                str(model),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--metrics-port",
-                "0",
-                "--max-batch-size",
-                "4",
-                "--grace-seconds",
-                "10",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._ready = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        assert self._ready.wait(120), f"serve did not come up:\n{self.stderr}"
-        ready = next(line for line in self.lines if "grpc_port=" in line)
-        self.port = int(re.search(r"grpc_port=(\d+)", ready)[1])  # type: ignore[index]
-        self.metrics_port = int(re.search(r"metrics_port=(\d+)", ready)[1])  # type: ignore[index]
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            if "grpc_port=" in line:
-                self._ready.set()
-        self._ready.set()
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self.lines)
-
-    def metric(self, sample: str) -> float:
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as r:
-            text = r.read().decode()
-        for line in text.splitlines():
-            if line.startswith(sample + " "):
-                return float(line.split()[-1])
-        raise AssertionError(f"{sample} not in /metrics")
-
-
 @pytest.fixture(scope="module")
 def unit(trained_model_path: Path) -> Iterator[ServeProcess]:
     server = ServeProcess(trained_model_path)
     try:
         yield server
     finally:
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait()
+        server.stop()
 
 
 def detect(*args: str) -> subprocess.CompletedProcess[str]:
