@@ -25,7 +25,8 @@ data is still inflated once (bench/decoding.py measures the cost).
 
 A JPEG is decoded by simplejpeg (libjpeg-turbo's TurboJPEG API) in strict
 mode, where every libjpeg warning is an error; its pixels equal Pillow's at
-the same DCT scale.
+the same DCT scale. On a GPU, JPEGs go to nvJPEG instead (model.py), whose
+handling of damaged data has not been measured here (no GPU to test on).
 """
 
 from __future__ import annotations
@@ -88,8 +89,8 @@ def verified_png(data: bytes) -> bytes:
     with its pixel data in one IDAT chunk of stored deflate blocks.
 
     Raises DamagedImage naming the chunk, byte offset or row count at fault.
-    Holds the inflated data once (for a 4096x4096 RGBA image, 64 MiB) while
-    Pillow unfilters it.
+    Memory: the inflated data twice while it is assembled, then once while
+    Pillow unfilters it (64 MiB for a 4096x4096 RGBA image, the largest).
     """
     if not data.startswith(PNG_SIGNATURE):
         raise DamagedImage("not a PNG signature")
