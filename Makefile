@@ -121,6 +121,7 @@ demo: install
 
 bench: install
 	$(PY) bench/serving.py
+	$(PY) bench/decoding.py
 	$(PY) bench/runtimes.py
 	$(PY) bench/accuracy.py
 	$(PY) bench/autoscaling.py

@@ -17,7 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.integration.images.conftest import RUN, Image, inspect
-from tests.integration.inference.test_serve_detect_cli import ServeProcess
+from tests.integration.inference.serve_process import ServeProcess
 from vigil.v1 import anomaly_pb2, anomaly_pb2_grpc
 from vigil_inference.server import SERVICE_NAME
 from vigil_operator.core import manifests
