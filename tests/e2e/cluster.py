@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from tests.tools import ROOT
 
@@ -193,12 +193,6 @@ class Kubelets:
         return [SYSTEM_NODE] + [n for zone in ZONES for n in self.nodes(zone)]
 
 
-def free_port() -> int:
-    from tests.tools import free_port as pick
-
-    return pick()
-
-
 def kill_container(container_id: str) -> None:
     """SIGKILL a container a simulated kubelet runs (containerID vigil-e2e://PID)."""
     scheme, _, pid = container_id.partition("://")
@@ -209,6 +203,3 @@ def kill_container(container_id: str) -> None:
 
 def env_flag(name: str) -> bool:
     return os.environ.get(name, "").lower() in ("1", "true", "yes")
-
-
-Json = dict[str, Any]

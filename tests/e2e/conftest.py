@@ -10,6 +10,9 @@
 - ``helm install vigil charts/vigil`` as the README says, into its own
   namespace, the CRD from the chart.
 
+The fixtures are package-scoped: the emulator, the kubelets and the operator
+stop when the suite ends, not with the whole test session.
+
 Under ``make test`` (VIGIL_E2E_REQUIRED=1) or CI=true a skipped e2e test is a
 failure: CI must never pass by skipping the suite.
 """
@@ -26,7 +29,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from tests.e2e.api import Api
@@ -37,12 +40,11 @@ from tests.e2e.cluster import (
     Process,
     env_flag,
     eventually,
-    free_port,
     run,
     start_emulator,
 )
 from tests.e2e.kubelet import SIMULATED_LABEL
-from tests.tools import ROOT, require
+from tests.tools import ROOT, free_port, require
 
 E2E_DIR = Path(__file__).resolve().parent
 
@@ -99,7 +101,7 @@ def _wait_served(cluster: Cluster) -> None:
             time.sleep(0.5)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     workdir = tmp_path_factory.mktemp("e2e")
     kubectl, helm = require("kubectl"), require("helm")
@@ -123,7 +125,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 print(f"emulator exited {emulator.popen.returncode}:\n{emulator.tail()}")
 
 
-@pytest_asyncio.fixture(loop_scope="session", scope="session")
+@pytest_asyncio.fixture(loop_scope="session", scope="package")
 async def kube(cluster: Cluster) -> AsyncIterator[Api]:
     api_client = await config.new_client_from_config(config_file=str(cluster.kubeconfig))
     try:
@@ -146,7 +148,7 @@ def _own_schedulable_nodes(cluster: Cluster) -> list[str]:
     return own
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def kubelets(cluster: Cluster) -> Iterator[Kubelets | None]:
     """Simulated kubelets, or None when the cluster has schedulable nodes of its own."""
     if _own_schedulable_nodes(cluster):
@@ -163,7 +165,7 @@ def kubelets(cluster: Cluster) -> Iterator[Kubelets | None]:
             cluster.kubectl_run("delete", "nodes", *sim.node_names, "--wait=false", check=False)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def vigil(cluster: Cluster, kubelets: Kubelets | None) -> Iterator[Install]:
     """``helm install vigil charts/vigil``; on simulated kubelets, pinned to the system node."""
     namespace = f"vigil-e2e-system-{uuid.uuid4().hex[:5]}"
@@ -206,7 +208,7 @@ async def namespace(kube: Api, vigil: Install) -> AsyncIterator[str]:
             raise
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def artifact_uri(
     kubelets: Kubelets | None,
     tmp_path_factory: pytest.TempPathFactory,
@@ -242,6 +244,3 @@ async def operator_pod(kube: Api, install: Install) -> dict[str, Any]:
         return running[0]
 
     return await eventually(ready, 120, what="the operator Pod Ready")
-
-
-__all__ = ["Cluster", "Install", "client", "operator_pod"]

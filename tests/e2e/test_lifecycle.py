@@ -100,10 +100,11 @@ async def children(kube: Api, namespace: str) -> dict[str, list[Obj]]:
 class Load:
     """Real DetectAnomalies calls over gRPC, spread over the Ready units."""
 
-    def __init__(self, kube: Api, namespace: str, image: bytes, concurrency: int = 8) -> None:
+    def __init__(self, kube: Api, namespace: str, image: bytes, concurrency: int = 12) -> None:
         self.kube, self.namespace, self.image = kube, namespace, image
         self.concurrency = concurrency
         self.targets: list[str] = []
+        self.channels: dict[str, grpc.aio.Channel] = {}  # one per unit, as a gRPC client keeps
         self.ok = 0
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -120,11 +121,12 @@ class Load:
                 await asyncio.sleep(0.2)
                 continue
             target = self.targets[i % len(self.targets)]
+            if target not in self.channels:
+                self.channels[target] = grpc.aio.insecure_channel(target)
+            stub = anomaly_pb2_grpc.AnomalyDetectionStub(self.channels[target])
             try:
-                async with grpc.aio.insecure_channel(target) as channel:
-                    stub = anomaly_pb2_grpc.AnomalyDetectionStub(channel)
-                    await stub.DetectAnomalies(request, timeout=30)
-                    self.ok += 1
+                await stub.DetectAnomalies(request, timeout=30)
+                self.ok += 1
             except grpc.RpcError:
                 await asyncio.sleep(0.05)  # refused when saturated, or the unit went away
 
@@ -139,6 +141,8 @@ class Load:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for channel in self.channels.values():
+            await channel.close()
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
@@ -155,9 +159,11 @@ async def model(
             "maxUnits": 3,
             "scaling": {
                 "metric": "utilization",
-                "target": 0.6,
+                "target": 0.5,
                 "scaleUpStabilizationSeconds": 0,
-                "scaleDownStabilizationSeconds": 5,
+                # Longer than a unit's start: on one machine a new unit adds no CPU,
+                # so the busy fraction per unit drops as soon as it serves.
+                "scaleDownStabilizationSeconds": 30,
             },
             "unit": {"gpus": 1},
         },
