@@ -27,12 +27,6 @@ pytestmark = [pytest.mark.e2e]  # async tests run on the session loop (pyproject
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
 
-def emulator_gap(cluster: Cluster, what: str) -> None:
-    """The emulator does not yet enforce ``what`` (issue 10, point 3); a real server must."""
-    if cluster.emulated:
-        pytest.xfail(f"the emulator does not enforce {what} yet (issue 10, point 3)")
-
-
 async def test_helm_install_runs_the_operator_under_the_charts_service_account(
     cluster: Cluster, kube: Api, vigil: Install
 ) -> None:
@@ -131,19 +125,12 @@ async def test_bad_model_is_refused_by_the_api_server(
         try:
             with pytest.raises(ApiException) as refused:
                 await kube.patch(model_path(namespace, model["metadata"]["name"], "status"), bad)
-        except pytest.fail.Exception:
-            emulator_gap(cluster, "the schema on the status subresource")
-            raise
         finally:
             await kube.delete(model_path(namespace, model["metadata"]["name"]))
     else:
-        try:
-            with pytest.raises(ApiException) as refused:
-                created = await kube.create(model_path(namespace), bad, fieldValidation="Strict")
-                await kube.delete(model_path(namespace, created["metadata"]["name"]))
-        except pytest.fail.Exception:
-            emulator_gap(cluster, "x-kubernetes-validations (CEL)")
-            raise
+        with pytest.raises(ApiException) as refused:
+            created = await kube.create(model_path(namespace), bad, fieldValidation="Strict")
+            await kube.delete(model_path(namespace, created["metadata"]["name"]))
     message = json.loads(refused.value.body)["message"]
     assert refused.value.status in (400, 422), message
     if field == "metadata.name":  # the server's own name rules may speak first

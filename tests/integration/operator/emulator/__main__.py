@@ -20,18 +20,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import os
 import signal
 import ssl
 from pathlib import Path
 from typing import Any
 
-import attrs
 import trustme
 import yaml
 
-from . import compat
 from .server import KubeEmulator
 
 
@@ -57,17 +54,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def emulator_options(args: argparse.Namespace) -> dict[str, Any]:
     """A bare control plane: no built-in kubelet, no preinstalled Model CRD."""
-    fields = attrs.fields_dict(KubeEmulator)
-    options: dict[str, Any] = {
+    return {
         "install_model_crd": False,
         "eviction_delay": args.eviction_seconds,
         "pod_start_delay": 0.0,
+        "run_kubelet": False,
+        "node_monitor_grace_period": args.node_monitor_grace_period,
     }
-    if "run_kubelet" in fields:
-        options["run_kubelet"] = False
-    if "node_monitor_grace_period" in fields:
-        options["node_monitor_grace_period"] = args.node_monitor_grace_period
-    return options
 
 
 def _write_atomically(path: Path, write: Any) -> None:
@@ -102,14 +95,9 @@ async def serve(args: argparse.Namespace) -> None:
     emulator = KubeEmulator(**emulator_options(args))
     context, ca_pem = tls(args.host)
     async with emulator.serve(host=args.host, port=args.port or None, ssl=context) as kube:
-        background = compat.install(kube, grace_period=args.node_monitor_grace_period)
         _write_atomically(args.kubeconfig, lambda path: write_kubeconfig(kube, path, ca_pem))
         print(f"serving {kube.server_url}; kubeconfig {args.kubeconfig}", flush=True)
         await stop.wait()
-        for task in background:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
     if emulator.internal_errors:
         for error in emulator.internal_errors:
             print(f"internal error: {error!r}", flush=True)
