@@ -175,6 +175,9 @@ def vigil(cluster: Cluster, kubelets: Kubelets | None) -> Iterator[Install]:
         # The operator runs as a local process: its ports are this machine's.
         overrides = {
             "nodeSelector": {SYSTEM_ROLE_LABEL: "system"},
+            # Simulated Pods share this machine's network, so two replicas would
+            # bind the same ports; the two-replica election runs in test_leader.py.
+            "replicaCount": 1,
             "metrics": {"port": free_port()},
             "livenessProbe": {"port": free_port()},
             "reconcileIntervalSeconds": 1,

@@ -29,9 +29,10 @@ import pytest_asyncio
 import yaml
 
 from tests.e2e.api import Api, Obj, model_path
-from tests.e2e.cluster import ZONES, Kubelets, Process, eventually, free_port
+from tests.e2e.cluster import ZONES, Kubelets, Process, eventually
 from tests.e2e.conftest import Cluster, Install
 from tests.e2e.faults import ApiProxy, proxy_for, through
+from tests.tools import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
