@@ -17,22 +17,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
-import yaml
 
 from tests.e2e.api import Api, Obj, model_path
-from tests.e2e.cluster import ZONES, Kubelets, Process, eventually
+from tests.e2e.cluster import ZONES, Kubelets, eventually
 from tests.e2e.conftest import Cluster, Install
-from tests.e2e.faults import ApiProxy, proxy_for, through
-from tests.tools import free_port
+from tests.e2e.operators import LocalOperator, elected, local_operators
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -42,34 +37,6 @@ ZONE_RECOVERY_S = 15.0  # the operator's zoneRecoverySeconds for this module
 UNIT_READY_TIMEOUT_S = 10.0  # the operator's unitReadyTimeoutSeconds for this module
 
 
-@dataclass
-class ChaosOperator:
-    process: Process
-    proxy: ApiProxy
-    metrics_port: int
-
-    def alive(self) -> bool:
-        return self.process.running
-
-    @property
-    def pid(self) -> int:
-        assert self.process.popen is not None
-        return self.process.popen.pid
-
-    def log(self) -> str:
-        return self.process.log.read_text(encoding="utf-8", errors="replace")
-
-    async def leader(self) -> float:
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.metrics_port)
-        writer.write(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        body = (await reader.read()).decode()
-        writer.close()
-        for line in body.splitlines():
-            if line.startswith("vigil_operator_leader "):
-                return float(line.split()[1])
-        raise AssertionError("no vigil_operator_leader gauge")
-
-
 @pytest.fixture(scope="module")
 def sim(kubelets: Kubelets | None) -> Kubelets:
     if kubelets is None:
@@ -77,95 +44,18 @@ def sim(kubelets: Kubelets | None) -> Kubelets:
     return kubelets
 
 
-async def _operator_deployment(kube: Api, install: Install) -> Obj:
-    found = await kube.get(
-        f"/apis/apps/v1/namespaces/{install.namespace}/deployments",
-        labelSelector="app.kubernetes.io/component=operator",
-    )
-    (deployment,) = found["items"]
-    return deployment
-
-
-async def _scale(kube: Api, deployment: Obj, replicas: int) -> None:
-    md = deployment["metadata"]
-    path = f"/apis/apps/v1/namespaces/{md['namespace']}/deployments/{md['name']}"
-    await kube.patch(path, {"spec": {"replicas": replicas}})
-
-    async def settled() -> bool:
-        pods = await kube.get(
-            f"/api/v1/namespaces/{md['namespace']}/pods",
-            labelSelector="app.kubernetes.io/component=operator",
-        )
-        assert len(pods["items"]) == replicas, [p["metadata"]["name"] for p in pods["items"]]
-        return True
-
-    await eventually(settled, 120, what=f"the chart's operator at {replicas} replicas")
-
-
-def _write(path: Path, data: Any) -> None:
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-
-
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
 async def operator(
     cluster: Cluster, kube: Api, vigil: Install, sim: Kubelets
-) -> AsyncIterator[ChaosOperator]:
-    deployment = await _operator_deployment(kube, vigil)
-    replicas = int(deployment["spec"].get("replicas", 1))
-    template = deployment["spec"]["template"]["spec"]
-    container = template["containers"][0]
-    account = template.get("serviceAccountName", "default")
-    token_path = f"/api/v1/namespaces/{vigil.namespace}/serviceaccounts/{account}/token"
-    token = (await kube.create(token_path, {"spec": {"expirationSeconds": 3600}}))["status"][
-        "token"
-    ]
-    await _scale(kube, deployment, 0)
-
-    kubeconfig = yaml.safe_load(cluster.kubeconfig.read_text(encoding="utf-8"))
-    proxy = await proxy_for(kubeconfig).start()
-    mine = through(kubeconfig, proxy)
-    context = next(c for c in mine["contexts"] if c["name"] == mine["current-context"])
-    context["context"]["namespace"] = vigil.namespace
-    mine["users"] = [{"name": context["context"]["user"], "user": {"token": token}}]
-    path = cluster.workdir / "chaos-operator.kubeconfig"
-    _write(path, mine)
-
-    metrics_port, liveness_port = free_port(), free_port()
-    args = [
-        a
-        for a in container.get("args", [])
-        if not a.startswith(("--metrics-port", "--liveness-port"))
-    ]
-    args += [f"--metrics-port={metrics_port}", f"--liveness-port={liveness_port}"]
-    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
-    env.update(
-        KUBECONFIG=str(path),
-        VIGIL_ZONE_RECOVERY=str(ZONE_RECOVERY_S),
-        VIGIL_UNIT_READY_TIMEOUT=str(UNIT_READY_TIMEOUT_S),
-    )
-    vigil_command = str(Path(sys.executable).with_name("vigil"))
-    process = Process(
-        [vigil_command, *args], cluster.workdir / "chaos-operator.log", env=env
-    ).start()
-    chaos = ChaosOperator(process, proxy, metrics_port)
-    try:
-        await eventually(_leading(chaos), 60, what="the chaos operator leading")
-        yield chaos
-    finally:
-        process.stop()
-        await proxy.stop()
-        await _scale(kube, deployment, replicas)
-
-
-def _leading(chaos: ChaosOperator) -> Any:
-    async def check() -> bool:
-        assert chaos.alive(), chaos.log()[-2000:]
-        try:
-            return await chaos.leader() == 1.0
-        except OSError as e:
-            raise AssertionError(str(e)) from e
-
-    return check
+) -> AsyncIterator[LocalOperator]:
+    """The chart's operator, alone, as a local process behind a fault proxy."""
+    env = {
+        "VIGIL_ZONE_RECOVERY": str(ZONE_RECOVERY_S),
+        "VIGIL_UNIT_READY_TIMEOUT": str(UNIT_READY_TIMEOUT_S),
+    }
+    async with local_operators(cluster, kube, vigil, ["chaos"], env) as (only,):
+        await elected([only])
+        yield only
 
 
 async def _create(kube: Api, namespace: str, name: str, artifact_uri: str, units: int) -> None:
@@ -206,7 +96,7 @@ async def _replicas(kube: Api, namespace: str, name: str) -> dict[str, int]:
 
 
 async def test_api_server_outage_while_scaling(
-    kube: Api, namespace: str, artifact_uri: str, operator: ChaosOperator
+    kube: Api, namespace: str, artifact_uri: str, operator: LocalOperator
 ) -> None:
     """The API server goes away for OUTAGE_S right after a Model is scaled: the
     operator survives, keeps its Lease, reconnects its watches and applies the change
@@ -232,7 +122,7 @@ async def test_api_server_outage_while_scaling(
 
 
 async def test_watch_expiry_is_survived_by_a_relist(
-    kube: Api, namespace: str, operator: ChaosOperator
+    kube: Api, namespace: str, operator: LocalOperator
 ) -> None:
     """Every open watch gets 410 Expired: the operator relists and still sees the
     next change."""
@@ -252,7 +142,7 @@ async def test_watch_expiry_is_survived_by_a_relist(
 
 
 async def test_a_burst_of_status_conflicts_is_retried_through(
-    kube: Api, namespace: str, operator: ChaosOperator
+    kube: Api, namespace: str, operator: LocalOperator
 ) -> None:
     """20 status writes in a row answered 409 Conflict: the operator retries until one
     lands; the status catches up with the spec."""
@@ -267,7 +157,7 @@ async def test_a_burst_of_status_conflicts_is_retried_through(
 
 
 async def test_a_flapping_zone_moves_units_once(
-    kube: Api, namespace: str, artifact_uri: str, operator: ChaosOperator, sim: Kubelets
+    kube: Api, namespace: str, artifact_uri: str, operator: LocalOperator, sim: Kubelets
 ) -> None:
     """A zone's nodes report NotReady and Ready every 3 s for 30 s (a flapping
     container runtime): its units leave once and come back once, after its nodes have
@@ -311,7 +201,7 @@ async def test_a_flapping_zone_moves_units_once(
 
 
 async def test_a_unit_that_never_turns_ready_is_reported_and_the_rest_serve(
-    kube: Api, namespace: str, artifact_uri: str, operator: ChaosOperator, sim: Kubelets
+    kube: Api, namespace: str, artifact_uri: str, operator: LocalOperator, sim: Kubelets
 ) -> None:
     """The units of one zone never pass their readiness probe: the Model is Hosted on
     the other two, its status and a Warning Event name the stuck unit, and once the
@@ -332,12 +222,17 @@ async def test_a_unit_that_never_turns_ready_is_reported_and_the_rest_serve(
 
         s = await eventually(reported, UNIT_START_S + UNIT_READY_TIMEOUT_S, what="reported")
         assert f"stuck-{zone}" in s["message"], s["message"]
-        events = await kube.get(
-            f"/api/v1/namespaces/{namespace}/events",
-            fieldSelector="involvedObject.name=stuck,reason=UnitsNotReady",
-        )
-        assert len(events["items"]) == 1, events["items"]
-        assert events["items"][0]["type"] == "Warning"
+
+        async def warned() -> Obj:  # Events are posted a moment after the status
+            events = await kube.get(
+                f"/api/v1/namespaces/{namespace}/events",
+                fieldSelector="involvedObject.name=stuck,reason=UnitsNotReady",
+            )
+            assert len(events["items"]) == 1, events["items"]
+            return dict(events["items"][0])
+
+        event = await eventually(warned, 30, what="one UnitsNotReady Event")
+        assert event["type"] == "Warning" and f"stuck-{zone}" in event["message"], event
     finally:
         sim.signal(zone, signal.SIGUSR2)
     await eventually(_hosted(kube, namespace, "stuck", 3), 120)
