@@ -5,10 +5,11 @@ gets the same encoded PNG/JPEG bytes over gRPC, decoding them itself: vigil
 and Ray Serve speak vigil.v1.AnomalyDetection/DetectAnomalies, Triton and
 KServe the v2 (Open Inference Protocol) ModelInfer with one BYTES input. One
 client drives them all: pre-serialized requests sent as raw bytes by N
-concurrent grpc.aio callers (N = 1, 4, 16, 64), warm-up excluded. The servers
-run one at a time, each as its own process tree, and the CPU (cores busy) and
-RSS of that tree are read from /proc. The client runs in this process, so its
-CPU competes with every server alike.
+concurrent grpc.aio callers (N = 1, 4, 16, 64), warm-up excluded. All servers
+are up together and measured in turn, interleaved over rounds (see `sweep`);
+the CPU (cores busy) and RSS of each server's process tree are read from
+/proc. The client runs in this process, so its CPU competes with every server
+alike.
 
 Run with `make bench-peers` (it builds `.venv-peers`; `vigil serve` itself
 runs from the product's `.venv`).
@@ -286,77 +287,97 @@ async def wait_ready(
             await asyncio.sleep(1.0)
 
 
-async def drive(
-    name: str,
-    proc: subprocess.Popen[bytes],
-    port: int,
-    requests: Sequence[bytes],
-    levels: Sequence[int],
-    seconds: float,
-    warmup_s: float,
-) -> dict[int, Point]:
-    protocol = PROTOCOLS[name]
-    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(4)]
-    calls = [ch.unary_unary(protocol.method) for ch in channels]  # bytes in, bytes out
-    root = psutil.Process(proc.pid)
-    points: dict[int, Point] = {}
-    try:
-        for level in levels:
-            load = Load(calls, requests, protocol.metadata, level)
-            await load.phase(warmup_s, counting=False)
-            cpu0, start = cpu_seconds(tree(root)), time.perf_counter()
-            done = await load.phase(seconds, counting=True)
-            elapsed = time.perf_counter() - start
-            procs = tree(root)
-            lat = load.latencies
-            points[level] = Point(
-                clients=level,
-                images_per_s=done / elapsed,
-                p50_ms=pct(lat, 0.5) * 1e3 if lat else float("inf"),
-                p99_ms=pct(lat, 0.99) * 1e3 if lat else float("inf"),
-                cpu_cores=(cpu_seconds(procs) - cpu0) / elapsed,
-                rss_mb=rss_bytes(procs) / 2**20,
-                errors=load.errors,
-            )
-            print(f"  {name:<7} clients={level:<3} {points[level]}", flush=True)
-    finally:
-        for ch in channels:
+class Server:
+    """One server process tree and the client side of its protocol."""
+
+    def __init__(self, name: str, model: Path, args: argparse.Namespace) -> None:
+        self.name = name
+        self.protocol = PROTOCOLS[name]
+        self.port = free_port()
+        cmd = server_command(name, model, self.port, args.max_batch_size, args.max_batch_delay_ms)
+        self._log = open(Path(args.log_dir) / f"{name}.log", "wb")  # noqa: SIM115
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.root = psutil.Process(self.proc.pid)
+        self.run = Run(name)
+        self.channels: list[grpc.aio.Channel] = []
+
+    async def ready(self, requests: Sequence[bytes], timeout_s: float) -> list[tuple[float, bool]]:
+        """Wait for the first answer, then read back every image's (score, flag)."""
+        self.channels = [grpc.aio.insecure_channel(f"127.0.0.1:{self.port}") for _ in range(4)]
+        call = self.channels[0].unary_unary(self.protocol.method)
+        await wait_ready(call, requests[0], self.protocol.metadata, self.proc, timeout_s)
+        self.run.startup_s = time.perf_counter() - self.started
+        md = self.protocol.metadata
+        return [
+            self.protocol.score(bytes(await call(r, timeout=60, metadata=md))) for r in requests
+        ]
+
+    async def measure(
+        self, requests: Sequence[bytes], level: int, seconds: float, warmup_s: float
+    ) -> Point:
+        calls = [ch.unary_unary(self.protocol.method) for ch in self.channels]  # raw bytes
+        load = Load(calls, requests, self.protocol.metadata, level)
+        await load.phase(warmup_s, counting=False)
+        cpu0, start = cpu_seconds(tree(self.root)), time.perf_counter()
+        done = await load.phase(seconds, counting=True)
+        elapsed = time.perf_counter() - start
+        procs = tree(self.root)
+        lat = load.latencies
+        return Point(
+            clients=level,
+            images_per_s=done / elapsed,
+            p50_ms=pct(lat, 0.5) * 1e3 if lat else float("inf"),
+            p99_ms=pct(lat, 0.99) * 1e3 if lat else float("inf"),
+            cpu_cores=(cpu_seconds(procs) - cpu0) / elapsed,
+            rss_mb=rss_bytes(procs) / 2**20,
+            errors=load.errors,
+        )
+
+    async def stop(self) -> None:
+        for ch in self.channels:
             await ch.close(grace=None)
-    return points
+        stop_tree(self.proc)
+        self._log.close()
 
 
-def run_server(
-    name: str, model: Path, images: Sequence[bytes], args: argparse.Namespace
-) -> tuple[Run, list[tuple[float, bool]]]:
-    """Start one server, check its answers, sweep the levels, stop it."""
-    port = free_port()
-    cmd = server_command(name, model, port, args.max_batch_size, args.max_batch_delay_ms)
-    log = open(Path(args.log_dir) / f"{name}.log", "wb")  # noqa: SIM115
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    protocol = PROTOCOLS[name]
-    requests = [protocol.request(data) for data in images]
-    run = Run(name)
-
-    async def session() -> list[tuple[float, bool]]:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            call = ch.unary_unary(protocol.method)
-            await wait_ready(call, requests[0], protocol.metadata, proc, args.startup_timeout)
-            run.startup_s = time.perf_counter() - started
-            answers = [
-                protocol.score(bytes(await call(r, timeout=60, metadata=protocol.metadata)))
-                for r in requests
-            ]
-        run.points = await drive(name, proc, port, requests, args.levels, args.seconds, args.warmup)
-        return answers
-
+async def sweep(
+    names: Sequence[str], model: Path, images: Sequence[bytes], args: argparse.Namespace
+) -> tuple[dict[str, Run], dict[str, list[tuple[float, bool]]]]:
+    """Start every server, then interleave them: each round visits every level
+    and, per level, every server in turn (order rotating between rounds), so
+    that drift in a shared machine's speed falls on all of them alike. Idle
+    servers stay up (their idle CPU is part of what they cost). Per server and
+    level, the round with the highest throughput is kept."""
+    servers: list[Server] = []
+    answers: dict[str, list[tuple[float, bool]]] = {}
     try:
-        answers = asyncio.run(session())
+        for name in names:  # one at a time: startup is CPU-heavy
+            print(f"{name}: starting", flush=True)
+            servers.append(Server(name, model, args))
+            reqs = [servers[-1].protocol.request(data) for data in images]
+            answers[name] = await servers[-1].ready(reqs, args.startup_timeout)
+        requests = {s.name: [s.protocol.request(data) for data in images] for s in servers}
+        for r in range(args.rounds):
+            order = servers[r % len(servers) :] + servers[: r % len(servers)]
+            for level in args.levels:
+                for server in order:
+                    point = await server.measure(
+                        requests[server.name], level, args.seconds, args.warmup
+                    )
+                    best = server.run.points.get(level)
+                    if best is None or point.images_per_s > best.images_per_s:
+                        server.run.points[level] = point
+                    print(f"  round {r} {server.name:<7} {point}", flush=True)
     finally:
-        stop_tree(proc)
-        log.close()
-    return run, answers
+        for server in servers:
+            await server.stop()
+    return {s.name: s.run for s in servers}, answers
 
 
 # Report ---------------------------------------------------------------------
@@ -398,8 +419,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=256, help="image side in pixels")
     p.add_argument("--max-batch-size", type=int, default=4, help="for every server")
     p.add_argument("--max-batch-delay-ms", type=float, default=5.0, help="for every server")
-    p.add_argument("--seconds", type=float, default=6.0, help="measuring time per level")
-    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per level")
+    p.add_argument("--seconds", type=float, default=4.0, help="measuring time per point")
+    p.add_argument("--warmup", type=float, default=1.5, help="unmeasured seconds per point")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds; best kept")
     p.add_argument("--startup-timeout", type=float, default=300.0)
     p.add_argument("--log-dir", default="", help="server logs (default: a temporary folder)")
     args = p.parse_args(argv)
@@ -412,11 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = args.model or train_model(Path(tmp))
         images = make_images(args.images, args.size)
         load0 = os.getloadavg()
-        runs: dict[str, Run] = {}
-        answers: dict[str, list[tuple[float, bool]]] = {}
-        for name in names:
-            print(f"{name}: starting", flush=True)
-            runs[name], answers[name] = run_server(name, model, images, args)
+        runs, answers = asyncio.run(sweep(names, model, images, args))
         load1 = os.getloadavg()
 
     # Same model, same answers: every server must agree with vigil on every image.
@@ -429,7 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"cpus={cpu} load_avg_before={load0[0]:.1f} load_avg_after={load1[0]:.1f} "
         f"images={args.size}x{args.size} PNG+JPEG max_batch={args.max_batch_size} "
-        f"delay_ms={args.max_batch_delay_ms} seconds={args.seconds}"
+        f"delay_ms={args.max_batch_delay_ms} seconds={args.seconds} rounds={args.rounds}"
     )
     print("| server | clients | images/s | p50 ms | p99 ms | server CPU cores | RSS MB | errors |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
