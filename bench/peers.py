@@ -417,7 +417,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--levels", default="1,4,16,64", help="concurrent clients")
     p.add_argument("--images", type=int, default=32, help="distinct images to cycle through")
     p.add_argument("--size", type=int, default=256, help="image side in pixels")
-    p.add_argument("--max-batch-size", type=int, default=4, help="for every server")
+    # 1: on the 2-core development VM, batches of 4 served about half the
+    # images/s of single images in every batching server (docs/benchmarks.md).
+    p.add_argument("--max-batch-size", type=int, default=1, help="for every server")
     p.add_argument("--max-batch-delay-ms", type=float, default=5.0, help="for every server")
     p.add_argument("--seconds", type=float, default=4.0, help="measuring time per point")
     p.add_argument("--warmup", type=float, default=1.5, help="unmeasured seconds per point")
