@@ -6,7 +6,8 @@ environment. Each peer loads the artifact exactly as `vigil serve` does
 export, the same ONNX Runtime session options), takes encoded PNG/JPEG bytes
 over gRPC and decodes them in the server with vigil's own `inspect_image` +
 `prepare`, and answers with the same fields as DetectAnomalies (score,
-anomaly flag, confidence, anomalous area). Each is written the way its
+anomaly flag, confidence, anomalous area; the benchmark asks no server for
+a mask, so the peers do not offer one). Each is written the way its
 documentation shows: decoding happens inside the batched handler, on the
 thread the framework gives it.
 
@@ -31,8 +32,12 @@ from vigil_inference.images import inspect_image
 from vigil_inference.model import AnomalyModel, Detection
 
 MODEL_NAME = "vigil"
-OUTPUTS = (("score", np.float32), ("is_anomalous", np.bool_), ("confidence", np.float32))
-OUTPUTS += (("area_fraction", np.float32),)
+OUTPUTS = (
+    ("score", np.float32),
+    ("is_anomalous", np.bool_),
+    ("confidence", np.float32),
+    ("area_fraction", np.float32),
+)
 
 
 class PeerScorer:
