@@ -65,6 +65,7 @@ class ApiProxy:
     insecure: bool = False
     port: int = 0
     requests: Counter[str] = field(default_factory=Counter)
+    lists: Counter[str] = field(default_factory=Counter)  # GETs of collections, not watches
     injected: Counter[str] = field(default_factory=Counter)
     _rules: list[_Rule] = field(default_factory=list)
     _watches: set[web.StreamResponse] = field(default_factory=set)
@@ -142,12 +143,12 @@ class ApiProxy:
                     "code": 410,
                 },
             }
+            self._watches.discard(response)  # its relay stops forwarding at once
             try:
                 await response.write(json.dumps(event).encode() + b"\n")
                 await response.write_eof()
             except (ConnectionError, RuntimeError):
                 pass
-            self._watches.discard(response)
             expired += 1
         self.injected["watch-expired"] += expired
         return expired
@@ -164,6 +165,9 @@ class ApiProxy:
     async def _relay(self, request: web.Request) -> web.StreamResponse:
         key = f"{request.method} {request.path}"
         self.requests[key] += 1
+        watching = request.query.get("watch", "").lower() in ("true", "1")
+        if request.method == "GET" and not watching:
+            self.lists[request.path] += 1
         for rule in self._rules:
             if (
                 rule.times > 0
@@ -185,7 +189,6 @@ class ApiProxy:
                 if k.lower() not in HOP_BY_HOP:
                     response.headers[k] = v
             await response.prepare(request)
-            watching = request.query.get("watch", "").lower() in ("true", "1")
             if watching:
                 self._watches.add(response)
             try:
