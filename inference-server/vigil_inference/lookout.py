@@ -19,6 +19,7 @@ testable on its own.
 from __future__ import annotations
 
 import json
+import os
 import re
 import urllib.parse
 from collections.abc import Iterable, Sequence
@@ -80,16 +81,32 @@ def hex_rgb(color: str) -> tuple[int, int, int]:
     return int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16)
 
 
-def _s3_message(ref: str, manifest: Path) -> str:
-    bucket, _, key = ref.removeprefix("s3://").partition("/")
-    prefix = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
-    local = f"./{bucket}/{prefix}" if prefix else f"./{bucket}/"
+class S3Reference(ValueError):
+    """A reference into S3: collected per manifest into one message."""
+
+    def __init__(self, ref: str) -> None:
+        super().__init__(f"{ref} is in S3")
+        self.ref = ref
+
+
+def s3_message(refs: Sequence[str], manifest: Path) -> str:
+    """How to copy the referenced S3 folder locally and rewrite the manifest."""
+    parts = [r.removeprefix("s3://").split("/")[:-1] for r in refs]
+    common = parts[0]
+    for p in parts[1:]:
+        n = 0
+        while n < min(len(common), len(p)) and common[n] == p[n]:
+            n += 1
+        common = common[:n]
+    prefix = "/".join(common) + "/" if common else ""
+    local = os.path.abspath(prefix or ".") + "/"
+    target = manifest.with_name(f"{manifest.stem}.local{manifest.suffix}")
     return (
-        f"{ref} is in S3, which Vigil does not read. Copy the bucket locally and point "
-        f"the manifest at the copy, e.g.:\n"
-        f"    aws s3 sync s3://{bucket}/{prefix} {local}\n"
-        f"    sed 's#s3://{bucket}/{prefix}#{local}#g' {manifest} > local.manifest\n"
-        f"(relative references are resolved against the manifest's folder)"
+        f"{manifest}: {len(refs)} references are in S3 (first: {refs[0]}), which Vigil does "
+        "not read. Copy them locally and point the manifest at the copy:\n"
+        f"    aws s3 sync s3://{prefix} {local}\n"
+        f"    sed 's#s3://{prefix}#{local}#g' {manifest} > {target}\n"
+        f"then train with --manifest {target}"
     )
 
 
@@ -98,7 +115,7 @@ def resolve_ref(ref: Any, base: Path, manifest: Path, what: str) -> Path:
     if not isinstance(ref, str) or not ref.strip():
         raise ValueError(f"{what} must be a non-empty string, got {ref!r}")
     if ref.startswith("s3://"):
-        raise ValueError(_s3_message(ref, manifest))
+        raise S3Reference(ref)
     if ref.startswith("file://"):
         parsed = urllib.parse.urlparse(ref)
         if parsed.netloc not in ("", "localhost"):
@@ -109,8 +126,7 @@ def resolve_ref(ref: Any, base: Path, manifest: Path, what: str) -> Path:
         raise ValueError(f"{what} {ref}: {scheme}:// is not supported (local paths or file://)")
     else:
         path = Path(ref)
-    if not path.is_absolute():
-        path = base / path
+    path = Path(os.path.abspath(base / path))  # base / absolute is the absolute path
     if not path.is_file():
         raise ValueError(f"{what} {ref}: no such file ({path})")
     return path
@@ -156,9 +172,7 @@ def _merge_types(
         known[t.name] = t
 
 
-def _parse_line(
-    line: str, manifest: Path, state: dict[str, Any]
-) -> tuple[Entry, list[AnomalyType], str | None]:
+def _parse_line(line: str, manifest: Path) -> tuple[Entry, list[AnomalyType], str | None]:
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -226,22 +240,27 @@ def read_manifest(path: str | Path) -> Dataset:
     known: dict[str, AnomalyType] = {}
     background: str | None = None
     errors: list[str] = []
-    state: dict[str, Any] = {}
+    s3: list[str] = []
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{manifest}:{n}"
         try:
-            entry, types, bg = _parse_line(line, manifest, state)
+            entry, types, bg = _parse_line(line, manifest)
             if bg is not None:
                 if background is not None and bg != background:
                     raise ValueError(f"BACKGROUND is {bg} here but {background} on an earlier line")
                 background = bg
             _merge_types(known, types, background or DEFAULT_BACKGROUND_COLOR)
+        except S3Reference as exc:
+            s3.append(exc.ref)
+            continue
         except ValueError as exc:
             errors.append(f"{where}: {exc}")
             continue
         entries.append(Entry(entry.image, entry.anomalous, entry.mask, where))
+    if s3:
+        raise DatasetError(s3_message(s3, manifest))
     return _finish(entries, known, background, errors, str(manifest))
 
 
