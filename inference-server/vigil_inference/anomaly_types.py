@@ -92,8 +92,39 @@ def types_meta(types: Sequence[AnomalyType], background: str) -> dict[str, Any]:
 def types_from_meta(meta: dict[str, Any]) -> tuple[tuple[AnomalyType, ...], str]:
     """(types, background colour); no types for artifacts trained without masks."""
     raw = meta.get("anomaly_types") or []
-    types = tuple(AnomalyType(str(t["name"]), str(t["color"])) for t in raw)
-    return types, str(meta.get("background_color", "#FFFFFF"))
+    background = meta.get("background_color", "#FFFFFF")
+    ok = isinstance(raw, list) and all(
+        isinstance(t, dict) and isinstance(t.get("name"), str) and _is_hex(t.get("color"))
+        for t in raw
+    )
+    if not ok or not _is_hex(background):
+        raise ValueError(
+            "anomaly_types must be a list of {name, color: #RRGGBB} and background_color "
+            f"a #RRGGBB colour, got {raw!r} and {background!r}"
+        )
+    return tuple(AnomalyType(t["name"], t["color"]) for t in raw), background
+
+
+def _is_hex(value: Any) -> bool:
+    return (
+        isinstance(value, str)
+        and len(value) == 7
+        and value[0] == "#"
+        and all(c in "0123456789abcdefABCDEF" for c in value[1:])
+    )
+
+
+def check_masks(entries: Sequence[tuple[Path, Path, str]], types: Sequence[AnomalyType]) -> None:
+    """Load every (image, mask, where) once before training; raise one
+    ValueError naming each unusable mask by its manifest line."""
+    errors = []
+    for image, mask, where in entries:
+        try:
+            load_mask(mask, types, (8, 8), image)
+        except (OSError, ValueError) as exc:
+            errors.append(f"{where}: {exc}")
+    if errors:
+        raise ValueError("\n".join(errors[:10]))
 
 
 def load_mask(
@@ -300,6 +331,7 @@ def grade(
     threshold: float,
     load: Callable[[Path], np.ndarray],
     dev: torch.device,
+    vote: bool = True,
 ) -> dict[str, Any]:
     """Per-type precision and recall (and the pixel type accuracy) on test images."""
     size = scorer.input_size
@@ -309,7 +341,8 @@ def grade(
     with torch.inference_mode():
         for path in [*normal, *anomalous]:
             _, amap, cells = scorer(torch.from_numpy(load(path)[None]).to(dev))
-            _, typed = classify(amap[0].float().cpu().numpy(), threshold, cells[0].cpu().numpy())
+            amap_np, cells_np = amap[0].float().cpu().numpy(), cells[0].cpu().numpy()
+            _, typed = classify(amap_np, threshold, cells_np, vote)
             predicted.append({int(v) for v in np.unique(typed) if v})
             if path in spec.test_masks:
                 gt = load_mask(spec.test_masks[path], spec.types, size, path)

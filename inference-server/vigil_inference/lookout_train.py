@@ -59,6 +59,11 @@ def plan(
         missing = [e for e in test if e.mask is None]
         if missing:
             raise DatasetError(f"{missing[0].where}: test anomalies need masks to grade types")
+        masked = [(e.image, e.mask, e.where) for e in [*teach, *test] if e.mask is not None]
+        try:
+            anomaly_types.check_masks(masked, train_ds.types)
+        except ValueError as exc:
+            raise DatasetError(str(exc)) from exc
         types = _typed(teach, test, train_ds)
     return train_ds.normal, held, [e.image for e in test], types
 

@@ -113,7 +113,10 @@ def build_scorer(artifact: Artifact) -> PatchCoreScorer:
         raise ArtifactError(f"memory_bank must be [patches, {dim}], got {shape}")
     sigma = _num(meta["blur_sigma"], "blur_sigma")
     embedder = PatchEmbedder(backbone, idx)
-    types, _ = anomaly_types.types_from_meta(meta)
+    try:
+        types, _ = anomaly_types.types_from_meta(meta)
+    except ValueError as exc:
+        raise ArtifactError(str(exc)) from exc
     if not types:  # trained without masks
         return PatchCoreScorer(embedder, bank, (size[0], size[1]), sigma).eval()
     feats, labels = tensors.get(anomaly_types.FEATURES_KEY), tensors.get(anomaly_types.LABELS_KEY)

@@ -179,7 +179,7 @@ def test_folder_refusals_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"a0.jpg: no mask .*masks/a0.png"):
         read_folder(root)
     (root / "masks" / "color-map.json").unlink()
-    with pytest.raises(DatasetError, match="masks need color-map.json"):
+    with pytest.raises(DatasetError, match=r"masks need color-map\.json"):
         read_folder(root)
     with pytest.raises(DatasetError, match="no normal/ folder"):
         read_folder(tmp_path)
@@ -197,3 +197,18 @@ def test_more_than_two_manifests_is_a_usage_error(files: Path) -> None:
     m = write(files / "m", line("images/n0.png"))
     with pytest.raises(DatasetError, match="one or two --manifest"):
         read_datasets([m, m, m])
+
+
+def test_a_mask_without_class_colours_is_refused_before_training(files: Path) -> None:
+    from vigil_inference.lookout_train import plan
+
+    train = write(
+        files / "train.manifest", line("images/n0.png"), line("images/a0.png", 1, "masks/a0.png")
+    )
+    test = write(
+        files / "test.manifest", line("images/n1.png"), line("images/a0.png", 1, "masks/a0.png")
+    )
+    with pytest.raises(
+        DatasetError, match=r"train.manifest:2: .*a0.png: no pixel has a class colour"
+    ):
+        plan(*read_datasets([train, test]), seed=0)
