@@ -7,16 +7,19 @@ manifest (the figures come from it, images never seen in training). One
 model is trained; its memory bank and threshold are shared, and only the way
 anomalous pixels are named changes:
 
-- knn+vote (what Vigil does): nearest labelled patch, then each connected
-  anomalous region takes its pixels' majority class;
-- knn: nearest labelled patch, no region vote;
-- centroid+vote: nearest class mean feature, then the region vote.
+- knn_fragments (what Vigil does): nearest labelled patch; within each
+  connected anomalous region, a class's pieces under 3 patches go to the
+  region's majority class;
+- knn_region: nearest labelled patch, then each region takes its majority
+  class whole;
+- knn: nearest labelled patch, nothing more;
+- centroid_fragments: nearest class mean feature, then the fragment rule.
 
 Figures: per-type precision and recall over test images (macro mean) and the
 share of found defect pixels named correctly.
 
-Last line: summary knn_vote_pixel_acc=... knn_pixel_acc=... centroid_vote_pixel_acc=...
-knn_vote_macro_recall=... ...
+Last line: summary knn_fragments_pixel_acc=... knn_fragments_macro_precision=...
+knn_fragments_macro_recall=... (and the same for each method)
 """
 
 from __future__ import annotations
@@ -80,16 +83,17 @@ def main() -> int:
         )
         centroid_head = anomaly_types.TypeHead(centroids, torch.arange(1, len(spec.types) + 1))
         variants = {
-            "knn_vote": (head, True),
-            "knn": (head, False),
-            "centroid_vote": (centroid_head, True),
+            "knn_fragments": (head, "fragments"),
+            "knn_region": (head, "region"),
+            "knn": (head, "none"),
+            "centroid_fragments": (centroid_head, "fragments"),
         }
         summary: dict[str, float] = {}
         print(f"{'method':14} {'type':8} {'precision':>9} {'recall':>7} {'images':>6}")
-        for name, (h, vote) in variants.items():
+        for name, (h, smoothing) in variants.items():
             scorer.head = h
             m = anomaly_types.grade(
-                scorer, spec, held, test_anomalous, result.threshold, load, dev, vote
+                scorer, spec, held, test_anomalous, result.threshold, load, dev, smoothing
             )
             for row in m["anomaly_types"]:
                 print(

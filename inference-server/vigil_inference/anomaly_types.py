@@ -218,35 +218,54 @@ def _components(cells: np.ndarray) -> tuple[np.ndarray, int]:
     return ids, n
 
 
+SMOOTHING: Final = ("fragments", "region", "none")
+MIN_FRAGMENT: Final = 3  # patches: a class's smaller pieces inside a region are noise
+
+
 def classify(
-    amap: np.ndarray, threshold: float, cells: np.ndarray, vote: bool = True
+    amap: np.ndarray, threshold: float, cells: np.ndarray, smoothing: str = "fragments"
 ) -> tuple[np.ndarray, np.ndarray]:
     """(classes per pixel [H, W], anomalous pixels' classes [H, W]).
 
-    `cells` are the per-patch classes [h, w]. The first map names every pixel
-    of the patches an anomalous region touches (so a mask painted at another
-    size can look its class up; 0 elsewhere); the second is 0 wherever the
-    map is not above the threshold.
+    `cells` are the per-patch classes [h, w]. Within each connected anomalous
+    region (on the patch grid), `fragments` gives a class's pieces smaller
+    than MIN_FRAGMENT patches to the region's majority class, `region` gives
+    the whole region to it, `none` keeps every patch's own class. The first
+    map names every pixel of the patches an anomalous region touches (so a
+    mask painted at another size can look its class up; 0 elsewhere); the
+    second is 0 wherever the map is not above the threshold.
     """
+    if smoothing not in SMOOTHING:
+        raise ValueError(f"smoothing must be one of {SMOOTHING}, got {smoothing!r}")
     big_h, big_w = amap.shape
     h, w = cells.shape
     rows = (np.arange(big_h) * h) // big_h
     cols = (np.arange(big_w) * w) // big_w
     anomalous = amap > threshold
     per_pixel = cells[rows[:, None], cols[None, :]].astype(np.uint8)
-    if vote and anomalous.any():
+    if smoothing != "none" and anomalous.any():
         hit = np.zeros((h, w), dtype=bool)
         ys, xs = np.nonzero(anomalous)
         hit[rows[ys], cols[xs]] = True
         ids, n = _components(hit)
-        region = ids[rows[:, None], cols[None, :]]
-        votes = per_pixel.copy()
-        per_pixel[:] = 0  # outside every region: unnamed, so a mask shows no stray class
+        # Outside every region: unnamed, so a mask shows no stray class.
+        grid = np.where(hit, cells, 0).astype(np.uint8)
+        region_px = ids[rows[:, None], cols[None, :]]
         for r in range(1, n + 1):
-            inside = anomalous & (region == r)
-            counts = np.bincount(votes[inside], minlength=2)
+            in_r = ids == r
+            counts = np.bincount(per_pixel[anomalous & (region_px == r)], minlength=2)
             counts[0] = 0
-            per_pixel[region == r] = int(counts.argmax())
+            major = int(counts.argmax())
+            if smoothing == "region":
+                grid[in_r] = major
+                continue
+            for c in np.unique(grid[in_r]):
+                if c == major:
+                    continue
+                pieces, _ = _components(in_r & (grid == c))
+                sizes = np.bincount(pieces.ravel())
+                grid[(pieces > 0) & (sizes[pieces] < MIN_FRAGMENT)] = major
+        per_pixel = grid[rows[:, None], cols[None, :]]
     return per_pixel, np.where(anomalous, per_pixel, 0).astype(np.uint8)
 
 
@@ -331,7 +350,7 @@ def grade(
     threshold: float,
     load: Callable[[Path], np.ndarray],
     dev: torch.device,
-    vote: bool = True,
+    smoothing: str = "fragments",
 ) -> dict[str, Any]:
     """Per-type precision and recall (and the pixel type accuracy) on test images."""
     size = scorer.input_size
@@ -342,7 +361,7 @@ def grade(
         for path in [*normal, *anomalous]:
             _, amap, cells = scorer(torch.from_numpy(load(path)[None]).to(dev))
             amap_np, cells_np = amap[0].float().cpu().numpy(), cells[0].cpu().numpy()
-            _, typed = classify(amap_np, threshold, cells_np, vote)
+            _, typed = classify(amap_np, threshold, cells_np, smoothing)
             predicted.append({int(v) for v in np.unique(typed) if v})
             if path in spec.test_masks:
                 gt = load_mask(spec.test_masks[path], spec.types, size, path)

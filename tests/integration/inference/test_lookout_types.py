@@ -183,3 +183,27 @@ def test_folder_layout_trains_like_the_manifests(export: dict[str, Path], tmp_pa
     assert run.returncode == 0, run.stderr
     assert "scratch" in run.stdout and "blotch" in run.stdout
     assert out.stat().st_size > 0
+
+
+def test_torch_and_onnxruntime_name_the_same_types(
+    trained: tuple[Path, str], export: dict[str, Path]
+) -> None:
+    """The GPU path (eager torch) and the CPU path (ONNX export) agree."""
+    from vigil_inference.images import inspect_image
+    from vigil_inference.model import AnomalyModel
+
+    runners = [
+        AnomalyModel.load(trained[0], device="cpu", runtime=r) for r in ("torch", "onnxruntime")
+    ]
+    images = sorted((export["test"] / "anomaly").glob("*.png"))[::3]
+    answers = []
+    for m in runners:
+        data = [p.read_bytes() for p in images]
+        scores, maps, cells = m.predict_all([m.prepare(d, inspect_image(d)) for d in data])
+        assert cells is not None and cells.shape[0] == len(images)
+        dets = [
+            m.detection(float(s), a, (256, 256), False, c)
+            for s, a, c in zip(scores, maps, cells, strict=True)
+        ]
+        answers.append([[(n, c) for n, c, _ in d.anomalies] for d in dets])
+    assert answers[0] == answers[1]

@@ -1,4 +1,4 @@
-"""Naming anomalous regions: patch labels from masks, the region vote, the
+"""Naming anomalous regions: patch labels from masks, the smoothing, the
 painted mask and the per-type evaluation (small arrays, no model)."""
 
 from __future__ import annotations
@@ -37,18 +37,18 @@ def test_type_head_names_each_patch_by_its_nearest_labelled_feature() -> None:
     assert head(feats).tolist() == [[[1, 2]]]
 
 
-def test_a_region_takes_the_majority_class_of_its_pixels() -> None:
+def test_region_smoothing_gives_a_region_its_majority_class() -> None:
     amap = np.zeros((8, 8), dtype=np.float32)
     amap[0:4, 0:6] = 1.0  # one region over three patches
     amap[6:8, 6:8] = 1.0  # another, apart
     # 2x2 pixels per patch: the first region covers 4 scratch and 2 dent patches.
     cells = np.array([[1, 1, 2, 1], [1, 1, 2, 1], [1, 1, 1, 1], [1, 1, 1, 2]])
-    per_pixel, typed = classify(amap, 0.5, cells)
+    per_pixel, typed = classify(amap, 0.5, cells, smoothing="region")
     assert set(np.unique(typed[0:4, 0:6])) == {1}
     assert set(np.unique(typed[6:8, 6:8])) == {2}
     assert (typed[amap <= 0.5] == 0).all()
     assert per_pixel[0, 7] == 0  # outside every region: unnamed
-    _, raw = classify(amap, 0.5, cells, vote=False)
+    _, raw = classify(amap, 0.5, cells, smoothing="none")
     assert set(np.unique(raw[0:4, 0:6])) == {1, 2}
     assert areas(typed, 2) == [24 / 64, 4 / 64]
 
@@ -75,3 +75,21 @@ def test_pixel_type_accuracy_counts_only_found_defect_pixels() -> None:
     typed = np.array([[1, 2, 0, 1]])
     truth = np.array([[1, 1, 1, 0]])
     assert pixel_type_accuracy([(typed, truth)]) == 0.5
+
+
+def test_fragment_smoothing_keeps_large_pieces_and_drops_stray_patches() -> None:
+    amap = np.ones((6, 6), dtype=np.float32)  # one region: the whole grid
+    cells = np.array(
+        [
+            [1, 1, 1, 1, 1, 2],  # a lone dent patch: noise
+            [1, 1, 1, 1, 1, 1],
+            [1, 1, 1, 1, 1, 1],
+            [2, 2, 2, 1, 1, 1],  # a 4-patch dent: a second defect
+            [2, 1, 1, 1, 1, 1],
+            [1, 1, 1, 1, 1, 1],
+        ]
+    )
+    _, typed = classify(amap, 0.5, cells)
+    assert typed[0, 5] == 1
+    assert typed[3, 0:3].tolist() == [2, 2, 2] and typed[4, 0] == 2
+    assert (typed == 2).sum() == 4
