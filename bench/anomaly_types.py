@@ -18,8 +18,12 @@ anomalous pixels are named changes:
 Figures: per-type precision and recall over test images (macro mean) and the
 share of found defect pixels named correctly.
 
+It also times serving (ONNX Runtime on the CPU, predict and detection with a
+mask, batches of 8) for the typed model against the same artifact without
+its types, side by side: what naming costs per image.
+
 Last line: summary knn_fragments_pixel_acc=... knn_fragments_macro_precision=...
-knn_fragments_macro_recall=... (and the same for each method)
+knn_fragments_macro_recall=... (and the same for each method) typed_cost_ratio=...
 """
 
 from __future__ import annotations
@@ -38,13 +42,42 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "inference-server"))
 
 from vigil_inference import anomaly_types, synthetic  # noqa: E402
-from vigil_inference.artifact import load_artifact  # noqa: E402
+from vigil_inference.artifact import Artifact, load_artifact  # noqa: E402
+from vigil_inference.images import inspect_image  # noqa: E402
 from vigil_inference.lookout import read_datasets  # noqa: E402
 from vigil_inference.lookout_train import plan, train_datasets  # noqa: E402
-from vigil_inference.model import build_scorer  # noqa: E402
+from vigil_inference.model import AnomalyModel, build_scorer  # noqa: E402
 from vigil_inference.trainer import TrainConfig, load_image  # noqa: E402
 
 TYPES = ("scratch", "blotch", "patch")
+
+
+def serving_cost(path: Path, images: list[Path], rounds: int = 5) -> float:
+    """ms per image, typed / untyped, alternating rounds in one process."""
+    typed_artifact = load_artifact(path)
+    meta = {k: v for k, v in typed_artifact.meta.items() if k != "anomaly_types"}
+    tensors = {
+        k: v for k, v in typed_artifact.tensors.items() if not k.startswith("anomaly_types.")
+    }
+    models = {
+        "typed": AnomalyModel(typed_artifact, device="cpu"),
+        "untyped": AnomalyModel(Artifact(meta, tensors), device="cpu"),
+    }
+    data = [p.read_bytes() for p in images[:8]]
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(rounds):
+        for name, m in models.items():
+            prepared = [m.prepare(d, inspect_image(d)) for d in data]
+            t0 = time.perf_counter()
+            scores, maps, cells = m.predict_all(prepared)
+            for i in range(len(data)):
+                m.detection(
+                    float(scores[i]), maps[i], (256, 256), True, None if cells is None else cells[i]
+                )
+            times[name].append((time.perf_counter() - t0) * 1000 / len(data))
+    typed, untyped = float(np.median(times["typed"])), float(np.median(times["untyped"]))
+    print(f"serving ms/image (median of {rounds}): typed {typed:.1f}, untyped {untyped:.1f}")
+    return typed / untyped
 
 
 def main() -> int:
@@ -107,6 +140,7 @@ def main() -> int:
             summary[f"{name}_pixel_acc"] = acc
             summary[f"{name}_macro_precision"] = macro_p
             summary[f"{name}_macro_recall"] = macro_r
+        summary["typed_cost_ratio"] = serving_cost(root / "m.vigil", test_anomalous)
     print("summary " + " ".join(f"{k}={v:.3f}" for k, v in summary.items()))
     return 0
 

@@ -9,9 +9,11 @@ anomalous region is. Method (measured in bench/anomaly_types.py):
   of its labelled patches (at most `max_per_type`), so a rare class is not
   drowned by a common one.
 - Inference: each patch takes the class of its nearest labelled patch (one
-  matmul, inside the exported graph); then each connected anomalous region
-  takes the majority class of its pixels, because a defect is one thing and
-  patch votes at its fuzzy border are noise.
+  matmul, inside the exported graph); then, within each connected anomalous
+  region, a class's pieces smaller than MIN_FRAGMENT patches go to the
+  region's majority class: a lone patch of another class at a defect's fuzzy
+  border is noise, while two touching defects keep both their names (a whole-
+  region vote merged them, and nearest class means named fewer pixels right).
 
 Pixels are anomalous by the model's threshold, exactly as without types; the
 types only name them.

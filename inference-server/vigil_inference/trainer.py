@@ -145,7 +145,7 @@ def train(
     anomalous = _given(anomalous_dir)
     if len(normal) < (1 if held_out else 2):
         raise ValueError(
-            f"need at least 2 normal images (found {len(normal)}): "
+            f"need at least {1 if held_out else 2} normal images (found {len(normal)}): "
             "one to learn from, one to set the threshold"
         )
     if not 0 < cfg.holdout < 1:

@@ -207,3 +207,14 @@ def test_torch_and_onnxruntime_name_the_same_types(
         ]
         answers.append([[(n, c) for n, c, _ in d.anomalies] for d in dets])
     assert answers[0] == answers[1]
+
+
+def test_manifest_and_folders_do_not_mix(export: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "x.vigil"
+    mixed = vigil(
+        "train", "--manifest", export["train.manifest"], "--normal", tmp_path, "--out", out
+    )
+    assert mixed.returncode == 2 and "--manifest replaces --normal" in mixed.stderr
+    neither = vigil("train", "--out", out)
+    assert neither.returncode == 2 and "give --normal DIR or --manifest FILE" in neither.stderr
+    assert not out.exists()
