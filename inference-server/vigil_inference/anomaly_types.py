@@ -5,12 +5,14 @@ anomalous region is. Method (measured in bench/anomaly_types.py):
 
 - Fitting: every training anomaly's patch features (the same locally aware
   features PatchCore scores) are labelled with the mask class covering at
-  least `MIN_SHARE` of the patch; each class keeps a seeded k-center coreset
-  of its labelled patches (at most `max_per_type`), so a rare class is not
-  drowned by a common one.
+  least `MIN_SHARE` of the patch, if PatchCore finds the patch anomalous
+  (a mask's soft edge covers normal-looking patches); each class keeps a
+  seeded k-center coreset of its labelled patches (at most `max_per_type`),
+  so a rare class is not drowned by a common one.
 - Inference: each patch takes the class of its nearest labelled patch (one
-  matmul, inside the exported graph); then, within each connected anomalous
-  region, a class's pieces smaller than MIN_FRAGMENT patches go to the
+  matmul, inside the exported graph), unless the normal memory bank is
+  nearer; then, within each connected anomalous region, those normal-looking
+  patches and a class's pieces smaller than MIN_FRAGMENT patches go to the
   region's majority class: a lone patch of another class at a defect's fuzzy
   border is noise, while two touching defects keep both their names (a whole-
   region vote merged them, and nearest class means named fewer pixels right).
@@ -42,8 +44,8 @@ LABELS_KEY: Final = "anomaly_types.labels"
 
 
 class TypeHead(nn.Module):
-    """[N, D, h, w] patch features -> [N, h, w] class indices (1..T) of the
-    nearest labelled training patch."""
+    """[N, D, h, w] patch features -> ([N, h, w] class indices (1..T) of the
+    nearest labelled training patch, [N, h, w] distances to it)."""
 
     features: torch.Tensor
     feat_sq: torch.Tensor
@@ -55,15 +57,21 @@ class TypeHead(nn.Module):
         self.register_buffer("feat_sq", (features.float() ** 2).sum(dim=1))
         self.register_buffer("labels", labels.to(torch.int64))
 
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+    def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n, d, h, w = feats.shape
         flat = feats.float().permute(0, 2, 3, 1).reshape(n * h * w, d)
-        d2 = self.feat_sq.unsqueeze(0) - 2.0 * flat @ self.features.T
-        return self.labels[d2.argmin(dim=1)].reshape(n, h, w)
+        d2 = (flat * flat).sum(dim=1, keepdim=True) - 2.0 * flat @ self.features.T
+        d2 = d2 + self.feat_sq.unsqueeze(0)
+        nearest, idx = d2.min(dim=1)
+        dist = nearest.clamp_min(0.0).sqrt().reshape(n, h, w)
+        return self.labels[idx].reshape(n, h, w), dist
 
 
 class TypedScorer(PatchCoreScorer):
-    """PatchCoreScorer plus a third output: per-patch classes [N, h, w]."""
+    """PatchCoreScorer plus a third output: per-patch classes [N, h, w],
+    negated where the patch lies nearer the normal memory bank than any
+    labelled defect patch (it looks normal: the halo the smoothed map draws
+    around a defect), so `classify` can give it its region's class."""
 
     def __init__(
         self,
@@ -80,8 +88,11 @@ class TypedScorer(PatchCoreScorer):
         self, pixels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         feats = self.embedder(pixels)
-        amap = self.smooth(self.patch_distances(feats))
-        return amap.flatten(1).amax(dim=1), amap, self.head(feats)
+        normal = self.patch_distances(feats)
+        amap = self.smooth(normal)
+        labels, dist = self.head(feats)
+        cells = torch.where(dist < normal[:, 0], labels, -labels)
+        return amap.flatten(1).amax(dim=1), amap, cells
 
 
 def types_meta(types: Sequence[AnomalyType], background: str) -> dict[str, Any]:
@@ -160,44 +171,76 @@ def patch_labels(labels: np.ndarray, grid: tuple[int, int], n_types: int) -> np.
     return out.numpy()
 
 
+MIN_KEPT: Final = 8  # labelled patches kept per class when few lie in a detected region
+
+
 def fit_head(
-    embedder: PatchEmbedder,
+    scorer: PatchCoreScorer,
     samples: Sequence[tuple[Path, Path]],
     types: Sequence[AnomalyType],
-    size: tuple[int, int],
     load: Callable[[Path], np.ndarray],
     dev: torch.device,
     seed: int,
+    min_distance: float,
     max_per_type: int = 512,
     batch_size: int = 8,
 ) -> TypeHead:
-    """Label training anomalies' patches from their masks and keep a coreset per class."""
-    feats_by_type: list[list[torch.Tensor]] = [[] for _ in types]
+    """Label training anomalies' patches from their masks and keep a coreset per class.
+
+    The region the model will call anomalous (its smoothed map above
+    `min_distance`, the threshold) is wider than the drawn defect: patches in
+    that halo are labelled with the class of the nearest drawn patch, so that
+    at serving time a halo is named after its defect rather than after
+    whichever class looks mildest. Drawn patches outside that region (a
+    mask's soft edge) look normal and are left out.
+    """
+    size = scorer.input_size
+    found: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [[] for _ in types]
     with torch.inference_mode():
         for i in range(0, len(samples), batch_size):
             chunk = samples[i : i + batch_size]
             x = torch.from_numpy(np.stack([load(img) for img, _ in chunk])).to(dev)
-            feats = embedder(x).float().cpu()
+            feats = scorer.embedder(x)
+            raw = scorer.patch_distances(feats)
             grid = (feats.shape[2], feats.shape[3])
+            hot = F.adaptive_max_pool2d(scorer.smooth(raw)[:, None], grid)[:, 0] > min_distance
+            hot, dists, feats = hot.cpu(), raw[:, 0].float().cpu(), feats.float().cpu()
             for j, (img, mask) in enumerate(chunk):
                 cells = patch_labels(load_mask(mask, types, size, img), grid, len(types))
+                cells = _label_halo(cells, hot[j].numpy())
                 f = feats[j].permute(1, 2, 0)
                 for t in range(len(types)):
                     sel = torch.from_numpy(cells == t + 1)
-                    if sel.any():
-                        feats_by_type[t].append(f[sel])
+                    if sel.any():  # (features, distances, inside a detected region)
+                        found[t].append((f[sel], dists[j][sel], hot[j][sel]))
     features, labels = [], []
-    for t, chunks in enumerate(feats_by_type):
-        if not chunks:
+    for t, parts in enumerate(found):
+        if not parts:
             raise ValueError(
                 f"no training mask covers a patch with class {types[t].name} "
                 f"({types[t].color}): give examples of every class, or drop it from the color map"
             )
-        f = torch.cat(chunks)
+        f, d, inside = (torch.cat(column) for column in zip(*parts, strict=True))
+        if int(inside.sum()) < min(MIN_KEPT, len(d)):  # barely detected: the most anomalous
+            inside = d >= d.topk(min(MIN_KEPT, len(d))).values[-1]
+        f = f[inside]
         keep = k_center_greedy(f, min(max_per_type, len(f)), seed + t)
         features.append(f[keep])
         labels.append(torch.full((len(keep),), t + 1, dtype=torch.int64))
     return TypeHead(torch.cat(features), torch.cat(labels))
+
+
+def _label_halo(cells: np.ndarray, hot: np.ndarray) -> np.ndarray:
+    """Unlabelled patches in the anomalous region take the nearest labelled patch's class."""
+    halo = hot & (cells == 0)
+    if not halo.any() or not cells.any():
+        return cells
+    ly, lx = np.nonzero(cells)
+    hy, hx = np.nonzero(halo)
+    nearest = ((hy[:, None] - ly) ** 2 + (hx[:, None] - lx) ** 2).argmin(axis=1)
+    out = cells.copy()
+    out[hy, hx] = cells[ly[nearest], lx[nearest]]
+    return out
 
 
 def _components(cells: np.ndarray) -> tuple[np.ndarray, int]:
@@ -229,10 +272,12 @@ def classify(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(classes per pixel [H, W], anomalous pixels' classes [H, W]).
 
-    `cells` are the per-patch classes [h, w]. Within each connected anomalous
-    region (on the patch grid), `fragments` gives a class's pieces smaller
-    than MIN_FRAGMENT patches to the region's majority class, `region` gives
-    the whole region to it, `none` keeps every patch's own class. The first
+    `cells` are the per-patch classes [h, w], negative where the patch looks
+    normal. Within each connected anomalous region (on the patch grid),
+    `fragments` gives the normal-looking patches and a class's pieces smaller
+    than MIN_FRAGMENT patches to the region's majority class (counted over
+    the patches that look like a defect), `region` gives the whole region to
+    it, `none` keeps every patch's own nearest class. The first
     map names every pixel of the patches an anomalous region touches (so a
     mask painted at another size can look its class up; 0 elsewhere); the
     second is 0 wherever the map is not above the threshold.
@@ -244,6 +289,8 @@ def classify(
     rows = (np.arange(big_h) * h) // big_h
     cols = (np.arange(big_w) * w) // big_w
     anomalous = amap > threshold
+    looks_normal = cells < 0
+    cells = np.abs(cells)
     per_pixel = cells[rows[:, None], cols[None, :]].astype(np.uint8)
     if smoothing != "none" and anomalous.any():
         hit = np.zeros((h, w), dtype=bool)
@@ -253,14 +300,19 @@ def classify(
         # Outside every region: unnamed, so a mask shows no stray class.
         grid = np.where(hit, cells, 0).astype(np.uint8)
         region_px = ids[rows[:, None], cols[None, :]]
+        normal_px = looks_normal[rows[:, None], cols[None, :]]
         for r in range(1, n + 1):
             in_r = ids == r
-            counts = np.bincount(per_pixel[anomalous & (region_px == r)], minlength=2)
+            inside = anomalous & (region_px == r)
+            counts = np.bincount(per_pixel[inside & ~normal_px], minlength=2)
+            if counts[1:].sum() == 0:  # every patch looks normal: their nearest classes
+                counts = np.bincount(per_pixel[inside], minlength=2)
             counts[0] = 0
             major = int(counts.argmax())
             if smoothing == "region":
                 grid[in_r] = major
                 continue
+            grid[in_r & looks_normal] = major
             for c in np.unique(grid[in_r]):
                 if c == major:
                     continue

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -225,15 +226,12 @@ def train(
     if types is not None:
         if not anomalous:
             raise ValueError("anomaly types need anomalous test images to be graded on")
+        load = functools.partial(load_image, size=size)
         head = anomaly_types.fit_head(
-            embedder, types.samples, types.types, size, lambda p: load_image(p, size), dev, cfg.seed
+            scorer, types.samples, types.types, load, dev, cfg.seed, threshold
         )
         typed = anomaly_types.TypedScorer(embedder, bank.to(dev), size, cfg.blur_sigma, head)
-        metrics.update(
-            anomaly_types.grade(
-                typed.eval(), types, *graded, threshold, lambda p: load_image(p, size), dev
-            )
-        )
+        metrics.update(anomaly_types.grade(typed.eval(), types, *graded, threshold, load, dev))
         extra = {anomaly_types.FEATURES_KEY: head.features, anomaly_types.LABELS_KEY: head.labels}
     median = float(np.median(normal_scores))
     score_scale = max((threshold - median) / 3.0, 1e-3 * abs(threshold), 1e-6)

@@ -6,11 +6,13 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from vigil_inference.anomaly_types import (
     TypeHead,
+    _label_halo,
     areas,
     classify,
     evaluate,
@@ -34,7 +36,9 @@ def test_patch_labels_take_the_class_covering_enough_of_each_patch() -> None:
 def test_type_head_names_each_patch_by_its_nearest_labelled_feature() -> None:
     head = TypeHead(torch.tensor([[0.0, 0.0], [10.0, 10.0]]), torch.tensor([1, 2]))
     feats = torch.tensor([[[[1.0, 9.0]], [[0.0, 11.0]]]])  # [1, 2, 1, 2]
-    assert head(feats).tolist() == [[[1, 2]]]
+    labels, dist = head(feats)
+    assert labels.tolist() == [[[1, 2]]]
+    assert dist[0, 0].tolist() == pytest.approx([1.0, 2**0.5])  # (1, 0) and (9, 11)
 
 
 def test_region_smoothing_gives_a_region_its_majority_class() -> None:
@@ -93,3 +97,24 @@ def test_fragment_smoothing_keeps_large_pieces_and_drops_stray_patches() -> None
     assert typed[0, 5] == 1
     assert typed[3, 0:3].tolist() == [2, 2, 2] and typed[4, 0] == 2
     assert (typed == 2).sum() == 4
+
+
+def test_normal_looking_patches_take_their_regions_class() -> None:
+    amap = np.ones((4, 4), dtype=np.float32)
+    # Negative: nearer the normal bank than any defect (nearest class 2).
+    cells = np.array([[1, 1, -2, -2], [1, 1, -2, -2], [1, 1, 1, 1], [1, 1, 1, 1]])
+    _, typed = classify(amap, 0.5, cells)
+    assert (typed == 1).all()
+    _, raw = classify(amap, 0.5, cells, smoothing="none")
+    assert (raw == 2).sum() == 4
+
+
+def test_halo_patches_are_labelled_after_the_nearest_drawn_patch() -> None:
+    cells = np.array([[0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 2], [0, 0, 0, 0]])
+    hot = np.array([[1, 1, 0, 0], [1, 1, 1, 0], [0, 0, 1, 1], [0, 0, 0, 0]], dtype=bool)
+    assert _label_halo(cells, hot).tolist() == [
+        [1, 1, 0, 0],
+        [1, 1, 1, 0],
+        [0, 0, 2, 2],
+        [0, 0, 0, 0],
+    ]
