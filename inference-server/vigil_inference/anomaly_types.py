@@ -5,17 +5,19 @@ anomalous region is. Method (measured in bench/anomaly_types.py):
 
 - Fitting: every training anomaly's patch features (the same locally aware
   features PatchCore scores) are labelled with the mask class covering at
-  least `MIN_SHARE` of the patch, if PatchCore finds the patch anomalous
-  (a mask's soft edge covers normal-looking patches); each class keeps a
-  seeded k-center coreset of its labelled patches (at most `max_per_type`),
-  so a rare class is not drowned by a common one.
+  least `MIN_SHARE` of the patch; the patches of the wider region the model
+  detects around a drawn defect (its smoothed map) take the class of the
+  nearest drawn patch, and drawn patches outside that region (a mask's soft
+  edge, which looks normal) are left out. Each class keeps a seeded
+  k-center coreset of its patches (at most `max_per_type`), so a rare class
+  is not drowned by a common one.
 - Inference: each patch takes the class of its nearest labelled patch (one
   matmul, inside the exported graph), unless the normal memory bank is
   nearer; then, within each connected anomalous region, those normal-looking
-  patches and a class's pieces smaller than MIN_FRAGMENT patches go to the
-  region's majority class: a lone patch of another class at a defect's fuzzy
-  border is noise, while two touching defects keep both their names (a whole-
-  region vote merged them, and nearest class means named fewer pixels right).
+  patches and a class's pieces under MIN_FRAGMENT patches (or a tenth of the
+  region) go to the region's majority class: stray pieces at a defect's
+  border are noise, while two touching defects keep both names (a whole-
+  region vote merged them).
 
 Pixels are anomalous by the model's threshold, exactly as without types; the
 types only name them.
@@ -265,6 +267,7 @@ def _components(cells: np.ndarray) -> tuple[np.ndarray, int]:
 
 SMOOTHING: Final = ("fragments", "region", "none")
 MIN_FRAGMENT: Final = 3  # patches: a class's smaller pieces inside a region are noise
+MIN_FRAGMENT_SHARE: Final = 0.1  # ... or under this share of their region
 
 
 def classify(
@@ -275,7 +278,8 @@ def classify(
     `cells` are the per-patch classes [h, w], negative where the patch looks
     normal. Within each connected anomalous region (on the patch grid),
     `fragments` gives the normal-looking patches and a class's pieces smaller
-    than MIN_FRAGMENT patches to the region's majority class (counted over
+    than MIN_FRAGMENT patches or MIN_FRAGMENT_SHARE of the region to the
+    region's majority class (counted over
     the patches that look like a defect), `region` gives the whole region to
     it, `none` keeps every patch's own nearest class. The first
     map names every pixel of the patches an anomalous region touches (so a
@@ -318,7 +322,8 @@ def classify(
                     continue
                 pieces, _ = _components(in_r & (grid == c))
                 sizes = np.bincount(pieces.ravel())
-                grid[(pieces > 0) & (sizes[pieces] < MIN_FRAGMENT)] = major
+                limit = max(MIN_FRAGMENT, MIN_FRAGMENT_SHARE * int(in_r.sum()))
+                grid[(pieces > 0) & (sizes[pieces] < limit)] = major
         per_pixel = grid[rows[:, None], cols[None, :]]
     return per_pixel, np.where(anomalous, per_pixel, 0).astype(np.uint8)
 
