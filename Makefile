@@ -98,6 +98,7 @@ bench: install
 	$(PY) bench/serving.py
 	$(PY) bench/runtimes.py
 	$(PY) bench/accuracy.py
+	$(PY) bench/anomaly_types.py
 	$(PY) bench/autoscaling.py
 	$(PY) bench/operator_scale.py
 
