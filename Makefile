@@ -125,6 +125,7 @@ bench: install
 	$(PY) bench/decoding.py
 	$(PY) bench/runtimes.py
 	$(PY) bench/accuracy.py
+	$(PY) bench/anomaly_types.py
 	$(PY) bench/autoscaling.py
 	$(PY) bench/operator_scale.py
 

@@ -27,8 +27,15 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "out to set the threshold; with --anomalous, the threshold is F1-optimal and "
         "precision, recall, F1 and AUROC are reported.",
     )
-    p.add_argument("--normal", required=True, metavar="DIR", help="folder of normal images")
+    p.add_argument("--normal", metavar="DIR", help="folder of normal images")
     p.add_argument("--anomalous", metavar="DIR", help="folder of anomalous images (optional)")
+    p.add_argument(
+        "--manifest",
+        action="append",
+        metavar="FILE",
+        help="Lookout for Vision / Ground Truth manifest, or a folder in Lookout's layout "
+        "(normal/, anomaly/, masks/); give it twice for a training and a test set",
+    )
     p.add_argument("--out", required=True, metavar="FILE", help="artifact to write (.vigil)")
     p.add_argument("--input-size", type=int, default=224, help="square model input side")
     p.add_argument("--coreset-ratio", type=float, default=0.1, help="memory bank share kept")
@@ -82,6 +89,13 @@ def _add_detect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--target", required=True, metavar="HOST:PORT")
     p.add_argument("--mask-dir", metavar="DIR", help="ask for masks and write them here")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    p.add_argument(
+        "--format",
+        choices=("vigil", "lookout"),
+        default="vigil",
+        help="vigil: the response's fields in snake_case; lookout: Lookout for Vision's "
+        "DetectAnomalies response JSON",
+    )
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.set_defaults(func=_lazy("vigil_inference.client", "detect_command"))
 

@@ -7,6 +7,7 @@ script does. Every image is tried; any failure makes the exit code 1.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
 from pathlib import Path
@@ -43,19 +44,48 @@ def result_json(result: anomaly_pb2.DetectAnomalyResult, image: str) -> dict[str
     return {"image": image, **fields}
 
 
+def lookout_json(result: anomaly_pb2.DetectAnomalyResult) -> dict[str, Any]:
+    """Lookout for Vision's DetectAnomalies response for this result, as the
+    AWS CLI prints it. A model trained with colour-coded masks answers as a
+    Lookout segmentation model (`Anomalies` with `background` first, and the
+    mask, base64); any other as a classification model (neither)."""
+    out: dict[str, Any] = {
+        "Source": {"Type": "direct"},
+        "IsAnomalous": result.is_anomalous,
+        "Confidence": result.confidence,
+    }
+    if result.anomalies and result.anomalies[0].name == "background":
+        out["Anomalies"] = [
+            {
+                "Name": a.name,
+                "PixelAnomaly": {
+                    "TotalPercentageArea": a.pixel_anomaly.total_percentage_area,
+                    "Color": a.pixel_anomaly.color,
+                },
+            }
+            for a in result.anomalies
+        ]
+        out["AnomalyMask"] = base64.b64encode(result.anomaly_mask).decode("ascii")
+    return {"DetectAnomalyResult": out}
+
+
 def _detect_one(
     stub: anomaly_pb2_grpc.AnomalyDetectionStub,
     path: str,
     mask_dir: Path | None,
     timeout: float,
     taken: set[Path] | None = None,
+    fmt: str = "vigil",
 ) -> dict[str, Any]:
     data = Path(path).read_bytes()
     request = anomaly_pb2.DetectAnomaliesRequest(
-        image=data, content_type=content_type_of(data), return_mask=mask_dir is not None
+        image=data,
+        content_type=content_type_of(data),
+        return_mask=mask_dir is not None or fmt == "lookout",
     )
     response = stub.DetectAnomalies(request, timeout=timeout)
     result = response.result
+    lookout = lookout_json(result) if fmt == "lookout" else None
     mask = result.anomaly_mask
     result.ClearField("anomaly_mask")
     out = result_json(result, path)
@@ -69,7 +99,7 @@ def _detect_one(
             taken.add(mask_path)
         mask_path.write_bytes(mask)
         out["anomaly_mask"] = str(mask_path)
-    return out
+    return lookout if lookout is not None else out
 
 
 def detect_command(args: argparse.Namespace) -> int:
@@ -82,7 +112,7 @@ def detect_command(args: argparse.Namespace) -> int:
         stub = anomaly_pb2_grpc.AnomalyDetectionStub(channel)  # type: ignore[no-untyped-call]
         for path in args.images:
             try:
-                out = _detect_one(stub, path, mask_dir, args.timeout, taken)
+                out = _detect_one(stub, path, mask_dir, args.timeout, taken, args.format)
             except grpc.RpcError as exc:
                 failed += 1
                 code = exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"

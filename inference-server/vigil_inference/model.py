@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vigil_inference import anomaly_types
 from vigil_inference.artifact import Artifact, ArtifactError, load_artifact
 from vigil_inference.backbones import BackboneError, get_spec, layer_indices
 from vigil_inference.images import ImageHeader, InvalidImage, to_model_input
@@ -28,6 +29,7 @@ from vigil_inference.patchcore import PatchCoreScorer, PatchEmbedder
 
 ANOMALY_NAME: Final = "anomaly"
 ANOMALY_COLOR: Final = "#FF0000"
+BACKGROUND_NAME: Final = "background"
 _MASK_RGB: Final = (255, 0, 0)
 
 
@@ -42,6 +44,10 @@ class Detection:
     area_fraction: float  # share of pixels above the threshold, [0, 1]
     mask_png: bytes | None  # RGB PNG at the request image's size, when asked for
     model_version: str
+    # (name, "#RRGGBB", share of the image) per entry of the response's
+    # `anomalies`: ("anomaly", ...) without types; ("background", ...) first
+    # and then each type found, for a model trained with colour-coded masks.
+    anomalies: tuple[tuple[str, str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,8 +112,29 @@ def build_scorer(artifact: Artifact) -> PatchCoreScorer:
         shape = None if bank is None else tuple(bank.shape)
         raise ArtifactError(f"memory_bank must be [patches, {dim}], got {shape}")
     sigma = _num(meta["blur_sigma"], "blur_sigma")
-    scorer = PatchCoreScorer(PatchEmbedder(backbone, idx), bank, (size[0], size[1]), sigma)
-    return scorer.eval()
+    embedder = PatchEmbedder(backbone, idx)
+    try:
+        types, _ = anomaly_types.types_from_meta(meta)
+    except ValueError as exc:
+        raise ArtifactError(str(exc)) from exc
+    if not types:  # trained without masks
+        return PatchCoreScorer(embedder, bank, (size[0], size[1]), sigma).eval()
+    feats, labels = tensors.get(anomaly_types.FEATURES_KEY), tensors.get(anomaly_types.LABELS_KEY)
+    if (
+        feats is None
+        or labels is None
+        or feats.ndim != 2
+        or feats.shape[1] != dim
+        or labels.shape != (feats.shape[0],)
+        or int(labels.min()) < 1
+        or int(labels.max()) > len(types)
+    ):
+        raise ArtifactError(
+            f"anomaly types {[t.name for t in types]} need {anomaly_types.FEATURES_KEY} "
+            f"[patches, {dim}] and {anomaly_types.LABELS_KEY} in 1..{len(types)}"
+        )
+    head = anomaly_types.TypeHead(feats, labels)
+    return anomaly_types.TypedScorer(embedder, bank, (size[0], size[1]), sigma, head).eval()
 
 
 class _TorchRunner:
@@ -120,7 +147,7 @@ class _TorchRunner:
         if self.cuda:
             self.scorer.embedder.half().to(memory_format=torch.channels_last)
 
-    def __call__(self, inputs: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, inputs: Sequence[Any]) -> tuple[np.ndarray, ...]:
         with torch.inference_mode():
             if all(isinstance(x, torch.Tensor) for x in inputs):
                 batch = torch.stack([x.to(self.device) for x in inputs])
@@ -131,8 +158,10 @@ class _TorchRunner:
                 batch = host.to(self.device, non_blocking=True)
             if self.cuda:
                 batch = batch.contiguous(memory_format=torch.channels_last)
-            scores, maps = self.scorer(batch)
-            return scores.float().cpu().numpy(), maps.float().cpu().numpy()
+            outs = self.scorer(batch)
+            return tuple(
+                o.cpu().numpy() if o.dtype == torch.int64 else o.float().cpu().numpy() for o in outs
+            )
 
 
 class _OrtRunner:
@@ -142,6 +171,8 @@ class _OrtRunner:
         import onnxruntime as ort
 
         h, w = scorer.input_size
+        typed = isinstance(scorer, anomaly_types.TypedScorer)
+        outputs = ["scores", "maps", "types"] if typed else ["scores", "maps"]
         buf = io.BytesIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -151,8 +182,8 @@ class _OrtRunner:
                 buf,  # type: ignore[arg-type]  # the TorchScript exporter takes a file object
                 dynamo=False,
                 input_names=["pixels"],
-                output_names=["scores", "maps"],
-                dynamic_axes={"pixels": {0: "n"}, "scores": {0: "n"}, "maps": {0: "n"}},
+                output_names=outputs,
+                dynamic_axes={name: {0: "n"} for name in ["pixels", *outputs]},
                 opset_version=17,
             )
         opts = ort.SessionOptions()
@@ -163,10 +194,9 @@ class _OrtRunner:
             buf.getvalue(), opts, providers=["CPUExecutionProvider"]
         )
 
-    def __call__(self, inputs: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, inputs: Sequence[Any]) -> tuple[np.ndarray, ...]:
         batch = np.stack([np.asarray(x) for x in inputs])
-        scores, maps = self.session.run(None, {"pixels": batch})
-        return np.asarray(scores), np.asarray(maps)
+        return tuple(np.asarray(o) for o in self.session.run(None, {"pixels": batch}))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -200,6 +230,7 @@ class AnomalyModel:
         self.input_size: tuple[int, int] = scorer.input_size
         self.threshold = _num(meta["threshold"], "threshold")
         self.score_scale = max(_num(meta["score_scale"], "score_scale"), 1e-6)
+        self.types, self.background_color = anomaly_types.types_from_meta(meta)
         training = meta["training"] if isinstance(meta["training"], dict) else {}
         self.info = ModelInfo(
             model_version=str(meta["model_version"]),
@@ -244,16 +275,32 @@ class AnomalyModel:
 
     def predict(self, inputs: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
         """Score prepared images: (scores [N], anomaly maps [N, H, W])."""
-        return self._run(inputs)
+        outs = self._run(inputs)
+        return outs[0], outs[1]
+
+    def predict_all(
+        self, inputs: Sequence[Any]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """`predict` plus, for a model with anomaly types, per-patch classes [N, h, w]."""
+        outs = self._run(inputs)
+        return outs[0], outs[1], (outs[2] if len(outs) > 2 else None)
 
     def confidence(self, score: float) -> float:
         """0.5 at the threshold, towards 1 as the score moves away from it."""
         return 1.0 / (1.0 + math.exp(-abs(score - self.threshold) / self.score_scale))
 
     def detection(
-        self, score: float, amap: np.ndarray, image_size: tuple[int, int], return_mask: bool
+        self,
+        score: float,
+        amap: np.ndarray,
+        image_size: tuple[int, int],
+        return_mask: bool,
+        cells: np.ndarray | None = None,
     ) -> Detection:
-        """Turn one score and map into a Detection; image_size is (width, height)."""
+        """Turn one score and map into a Detection; image_size is (width, height);
+        `cells` are the per-patch classes of a model with anomaly types."""
+        if cells is not None and self.types:
+            return self._typed_detection(score, amap, image_size, return_mask, cells)
         mask_png = None
         if return_mask:
             w, h = image_size
@@ -266,14 +313,54 @@ class AnomalyModel:
             buf = io.BytesIO()
             Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
             mask_png = buf.getvalue()
+        area = float((amap > self.threshold).mean())
         return Detection(
             is_anomalous=bool(score > self.threshold),
             confidence=self.confidence(score),
             anomaly_score=float(score),
             threshold=self.threshold,
-            area_fraction=float((amap > self.threshold).mean()),
+            area_fraction=area,
             mask_png=mask_png,
             model_version=self.info.model_version,
+            anomalies=((ANOMALY_NAME, ANOMALY_COLOR, area),) if area > 0 else (),
+        )
+
+    def _typed_detection(
+        self,
+        score: float,
+        amap: np.ndarray,
+        image_size: tuple[int, int],
+        return_mask: bool,
+        cells: np.ndarray,
+    ) -> Detection:
+        """Lookout's segmentation answer: `background` first, then each type found."""
+        per_pixel, typed = anomaly_types.classify(amap, self.threshold, cells)
+        shares = anomaly_types.areas(typed, len(self.types))
+        found = tuple(
+            (t.name, t.color, a) for t, a in zip(self.types, shares, strict=True) if a > 0
+        )
+        area = float(sum(shares))
+        mask_png = None
+        if return_mask:
+            w, h = image_size
+            full, names = amap, per_pixel
+            if (h, w) != amap.shape:
+                full_img = Image.fromarray(amap.astype(np.float32), mode="F")
+                full = np.asarray(full_img.resize((w, h), Image.Resampling.BILINEAR))
+                names_img = Image.fromarray(per_pixel).resize((w, h), Image.Resampling.NEAREST)
+                names = np.asarray(names_img)
+            mask_png = anomaly_types.paint(
+                names, full > self.threshold, self.types, self.background_color
+            )
+        return Detection(
+            is_anomalous=bool(score > self.threshold),
+            confidence=self.confidence(score),
+            anomaly_score=float(score),
+            threshold=self.threshold,
+            area_fraction=area,
+            mask_png=mask_png,
+            model_version=self.info.model_version,
+            anomalies=((BACKGROUND_NAME, self.background_color, 1.0 - area), *found),
         )
 
     def warmup(self, max_batch_size: int) -> None:

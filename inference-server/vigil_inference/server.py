@@ -32,7 +32,7 @@ from vigil.v1 import anomaly_pb2, anomaly_pb2_grpc
 from vigil_inference.batcher import Closed, DynamicBatcher, Overloaded
 from vigil_inference.images import MAX_IMAGE_BYTES, InvalidImage, inspect_image
 from vigil_inference.metrics import InferenceMetrics, MetricsServer
-from vigil_inference.model import ANOMALY_COLOR, ANOMALY_NAME, AnomalyModel, Detection
+from vigil_inference.model import AnomalyModel, Detection
 
 log = logging.getLogger("vigil.serve")
 
@@ -43,7 +43,7 @@ MAX_MESSAGE_BYTES: Final = 2 * MAX_IMAGE_BYTES
 _SERVING: Final = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING: Final = health_pb2.HealthCheckResponse.NOT_SERVING
 
-Scored = tuple[float, np.ndarray]
+Scored = tuple[float, np.ndarray, np.ndarray | None]  # score, map, per-patch types
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -91,8 +91,11 @@ class DetectionService:
         )
 
     def _predict(self, inputs: list[Any]) -> list[Scored]:
-        scores, maps = self.model.predict(inputs)
-        return [(float(scores[i]), maps[i]) for i in range(len(inputs))]
+        scores, maps, cells = self.model.predict_all(inputs)
+        return [
+            (float(scores[i]), maps[i], None if cells is None else cells[i])
+            for i in range(len(inputs))
+        ]
 
     def start(self) -> None:
         self.batcher.start()
@@ -111,15 +114,15 @@ class DetectionService:
             with self.batcher.admit() as slot:
                 loop = asyncio.get_running_loop()
                 prepared = await loop.run_in_executor(self._pool, self.model.prepare, image, header)
-                score, amap = await slot.submit(prepared)
+                score, amap, cells = await slot.submit(prepared)
                 size = (header.width, header.height)
                 if return_mask:  # resizing and PNG-encoding the mask costs real CPU
                     det = await loop.run_in_executor(
                         self._pool,
-                        functools.partial(self.model.detection, score, amap, size, True),
+                        functools.partial(self.model.detection, score, amap, size, True, cells),
                     )
                 else:
-                    det = self.model.detection(score, amap, size, False)
+                    det = self.model.detection(score, amap, size, False, cells)
         except InvalidImage:
             self.metrics.images.labels(result="invalid").inc()
             raise
@@ -128,16 +131,13 @@ class DetectionService:
 
 
 def _result_message(det: Detection) -> anomaly_pb2.DetectAnomalyResult:
-    anomalies = []
-    if det.area_fraction > 0:
-        anomalies.append(
-            anomaly_pb2.Anomaly(
-                name=ANOMALY_NAME,
-                pixel_anomaly=anomaly_pb2.PixelAnomaly(
-                    total_percentage_area=det.area_fraction, color=ANOMALY_COLOR
-                ),
-            )
+    anomalies = [
+        anomaly_pb2.Anomaly(
+            name=name,
+            pixel_anomaly=anomaly_pb2.PixelAnomaly(total_percentage_area=area, color=color),
         )
+        for name, color, area in det.anomalies
+    ]
     return anomaly_pb2.DetectAnomalyResult(
         is_anomalous=det.is_anomalous,
         confidence=det.confidence,

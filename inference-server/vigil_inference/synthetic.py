@@ -150,3 +150,102 @@ def write_dataset(
         s = defective(seed + 100_000 + i, size)
         Image.fromarray(s.image).save(anomalous_dir / f"{s.defect}-{i:04d}.{fmt}")
     return normal_dir, anomalous_dir
+
+
+# Lookout-style colour map for the generated defect types (Ground Truth's
+# default palette; the background white, as Ground Truth draws it).
+TYPE_COLORS = {"scratch": "#2CA02C", "blotch": "#1F77B4", "patch": "#D62728"}
+BACKGROUND_COLOR = "#FFFFFF"
+
+
+def _rgb(color: str) -> tuple[int, int, int]:
+    return int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16)
+
+
+def typed_defective(
+    seed: int, kinds: tuple[str, ...], size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """A normal image with one defect per kind: (image, colour-coded RGB mask)."""
+    image = normal(seed, size).image
+    mask = np.zeros((size, size, 3), dtype=np.uint8)
+    mask[:] = _rgb(BACKGROUND_COLOR)
+    for k, kind in enumerate(kinds):
+        image, where = add_defect(image, seed + 31 * k, kind)
+        mask[where] = _rgb(TYPE_COLORS[kind])
+    return image, mask
+
+
+def write_lookout_dataset(
+    root: Path,
+    n_normal: int,
+    n_per_type: int,
+    types: tuple[str, ...] = ("scratch", "blotch"),
+    seed: int = 0,
+    size: int = 256,
+    s3_uri: str = "",
+    n_mixed: int = 0,
+) -> dict[str, Path]:
+    """A Lookout project export on disk: `train/` and `test/` each in Lookout's
+    folder layout (normal/, anomaly/, masks/ with color-map.json), and
+    `train.manifest` / `test.manifest` referencing the same files, relative to
+    `root`, or under `s3_uri` (as an export to S3 writes them) when given.
+    Each split has `n_normal` normal images, `n_per_type` anomalies of each
+    type and `n_mixed` showing every type at once. Returns the paths by name."""
+    import json
+
+    color_map = {"0": {"class-name": "BACKGROUND", "hex-color": BACKGROUND_COLOR.lower()}}
+    for i, kind in enumerate(types, start=1):
+        color_map[str(i)] = {"class-name": kind, "hex-color": TYPE_COLORS[kind].lower()}
+    out: dict[str, Path] = {}
+    for split, base in (("train", seed), ("test", seed + 50_000)):
+        folder = root / split
+        for sub in ("normal", "anomaly", "masks"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        (folder / "masks" / "color-map.json").write_text(
+            json.dumps({k: TYPE_COLORS[k] for k in types})
+        )
+        lines = []
+
+        def ref(path: Path) -> str:
+            rel = path.relative_to(root).as_posix()
+            return f"{s3_uri.rstrip('/')}/{rel}" if s3_uri else rel
+
+        label_meta = {
+            "class-name": "normal",
+            "human-annotated": "yes",
+            "type": "groundtruth/image-classification",
+            "job-name": "labeling-job/classification-job",
+            "confidence": 1,
+        }
+        for i in range(n_normal):
+            path = folder / "normal" / f"normal-{i:04d}.png"
+            Image.fromarray(normal(base + i, size).image).save(path)
+            lines.append(
+                {"source-ref": ref(path), "anomaly-label": 0, "anomaly-label-metadata": label_meta}
+            )
+        kinds = [(kind,) for kind in types for _ in range(n_per_type)] + [types] * n_mixed
+        for i, combo in enumerate(kinds):
+            image, mask = typed_defective(base + 10_000 + i, combo, size)
+            name = f"{'-'.join(combo)}-{i:04d}.png"
+            img_path, mask_path = folder / "anomaly" / name, folder / "masks" / name
+            Image.fromarray(image).save(img_path)
+            Image.fromarray(mask).save(mask_path)
+            lines.append(
+                {
+                    "source-ref": ref(img_path),
+                    "anomaly-label": 1,
+                    "anomaly-label-metadata": {**label_meta, "class-name": "anomaly"},
+                    "anomaly-mask-ref": ref(mask_path),
+                    "anomaly-mask-ref-metadata": {
+                        "internal-color-map": color_map,
+                        "type": "groundtruth/semantic-segmentation",
+                        "human-annotated": "yes",
+                        "job-name": "labeling-job/segmentation-job",
+                    },
+                }
+            )
+        manifest = root / f"{split}.manifest"
+        manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        out[split] = folder
+        out[f"{split}.manifest"] = manifest
+    return out

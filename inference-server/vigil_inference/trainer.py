@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vigil_inference import evaluation
+from vigil_inference import anomaly_types, evaluation
 from vigil_inference.artifact import save_artifact
 from vigil_inference.backbones import get_spec, layer_indices
 from vigil_inference.images import InvalidImage, inspect_image, to_model_input
@@ -119,18 +120,33 @@ def _split(items: Sequence[Path], rng: np.random.Generator) -> tuple[list[Path],
     return [items[i] for i in order[:half]], [items[i] for i in order[half:]]
 
 
+def _given(images: str | Path | Sequence[Path] | None) -> list[Path]:
+    """A folder's images, or a list of image paths as given (from a manifest)."""
+    if images is None:
+        return []
+    if isinstance(images, str | Path):
+        return list_images(images)
+    return list(images)
+
+
 def train(
-    normal_dir: str | Path,
-    anomalous_dir: str | Path | None,
+    normal_dir: str | Path | Sequence[Path],
+    anomalous_dir: str | Path | Sequence[Path] | None,
     out: str | Path,
     cfg: TrainConfig = TrainConfig(),
     quiet: bool = False,
+    *,
+    held_out: Sequence[Path] | None = None,
+    types: anomaly_types.TypeTraining | None = None,
 ) -> TrainResult:
-    normal = list_images(normal_dir)
-    anomalous = list_images(anomalous_dir) if anomalous_dir else []
-    if len(normal) < 2:
+    """Fit and save a model. `held_out`: normal images to set the threshold
+    with (a test manifest's) instead of a seeded share of `normal_dir`;
+    `types`: colour-coded masks to learn named anomaly types from."""
+    normal = _given(normal_dir)
+    anomalous = _given(anomalous_dir)
+    if len(normal) < (1 if held_out else 2):
         raise ValueError(
-            f"need at least 2 normal images (found {len(normal)}): "
+            f"need at least {1 if held_out else 2} normal images (found {len(normal)}): "
             "one to learn from, one to set the threshold"
         )
     if not 0 < cfg.holdout < 1:
@@ -142,6 +158,8 @@ def train(
     n_hold = min(len(normal) - 1, max(1, round(cfg.holdout * len(normal))))
     held = [normal[i] for i in order[:n_hold]]
     fit = [normal[i] for i in order[n_hold:]]
+    if held_out:
+        held, fit = list(held_out), normal
 
     spec = get_spec(cfg.backbone)
     layers = cfg.feature_layers or spec.default_layers
@@ -190,6 +208,7 @@ def train(
         test = [by_path[p] for p in test_n + test_a]
         labels = [0] * len(test_n) + [1] * len(test_a)
         s = evaluation.precision_recall_f1(test, labels, threshold)
+        graded = (test_n, test_a)
         metrics.update(
             precision=s.precision,
             recall=s.recall,
@@ -203,10 +222,21 @@ def train(
         threshold = evaluation.normal_only_threshold(normal_scores)
         fpr = float(np.mean(np.asarray(normal_scores) > threshold))
         metrics.update(false_positive_rate=fpr, threshold_independent=False)
+    extra: dict[str, torch.Tensor] = {}
+    if types is not None:
+        if not anomalous:
+            raise ValueError("anomaly types need anomalous test images to be graded on")
+        load = functools.partial(load_image, size=size)
+        head = anomaly_types.fit_head(
+            scorer, types.samples, types.types, load, dev, cfg.seed, threshold
+        )
+        typed = anomaly_types.TypedScorer(embedder, bank.to(dev), size, cfg.blur_sigma, head)
+        metrics.update(anomaly_types.grade(typed.eval(), types, *graded, threshold, load, dev))
+        extra = {anomaly_types.FEATURES_KEY: head.features, anomaly_types.LABELS_KEY: head.labels}
     median = float(np.median(normal_scores))
     score_scale = max((threshold - median) / 3.0, 1e-3 * abs(threshold), 1e-6)
 
-    tensors = {"memory_bank": bank}
+    tensors = {"memory_bank": bank, **extra}
     tensors.update({f"backbone.{k}": v for k, v in backbone.state_dict().items()})
     meta: dict[str, Any] = {
         "model_version": cfg.version,
@@ -220,6 +250,8 @@ def train(
         "blur_sigma": cfg.blur_sigma,
         "training": metrics,
     }
+    if types is not None:
+        meta.update(anomaly_types.types_meta(types.types, types.background))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not cfg.version:  # version from the content, so equal models share it
@@ -254,6 +286,7 @@ def summary(result: TrainResult) -> str:
             f"  F1 score   {m['f1']:.3f}",
             f"  AUROC      {m['auroc']:.3f}",
         ]
+        lines += anomaly_types.summary_lines(m)
     else:
         lines += [
             f"No anomalous images given: threshold set just above the highest of "
@@ -265,6 +298,12 @@ def summary(result: TrainResult) -> str:
 
 
 def train_command(args: argparse.Namespace) -> int:
+    if args.manifest and (args.normal or args.anomalous):
+        print("vigil train: error: --manifest replaces --normal/--anomalous", file=sys.stderr)
+        return 2
+    if not args.manifest and not args.normal:
+        print("vigil train: error: give --normal DIR or --manifest FILE", file=sys.stderr)
+        return 2
     cfg = TrainConfig(
         input_size=args.input_size,
         coreset_ratio=args.coreset_ratio,
@@ -274,6 +313,11 @@ def train_command(args: argparse.Namespace) -> int:
         device=args.device,
         version=args.version,
     )
-    result = train(args.normal, args.anomalous, args.out, cfg, quiet=args.quiet)
+    if args.manifest:
+        from vigil_inference.lookout_train import train_datasets
+
+        result = train_datasets(args.manifest, args.out, cfg, quiet=args.quiet)
+    else:
+        result = train(args.normal, args.anomalous, args.out, cfg, quiet=args.quiet)
     print(summary(result))
     return 0
