@@ -71,7 +71,7 @@ async def run(n: int, interval: float, steady_s: float, workdir: Path) -> dict[s
             [
                 sys.executable,
                 "-m",
-                "vigil_inference.cli",
+                "vigil_cli",
                 "operator",
                 "-n",
                 NAMESPACE,

@@ -1,44 +1,42 @@
-"""kopf handlers: read the world, call the pure core, apply its answer.
+"""The kopf shell: the per-Model `controller.Controller` against Kubernetes.
 
 Nodes, unit Pods and unit Deployments are kept in kopf indexes fed by
-watches, so a reconcile reads them from memory and the API server sees one
-GET per Model per reconcile, not three LISTs. Create, spec update, resume and
-a timer all run the same idempotent `reconcile_model`, serialised per Model
-by a lock, since kopf runs timers beside the event handlers.
+watches, so a pass reads them from memory and the API server sees one GET
+per Model per reconcile, not three LISTs (`ClusterWorld`). Create, spec
+update, resume, a timer and unit Deployment events all run the same
+idempotent pass; a daemon per Model runs the autoscaler. `registry` binds
+the handlers to one `OperatorSettings`: nothing is configured at import.
 """
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
 import functools
 import logging
-import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import replace
-from typing import Any, ParamSpec, cast
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar, cast
 
 import aiohttp
 import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from vigil_operator.config import OperatorConfig
-from vigil_operator.core.autoscaling import ScalingState, autoscale, policy_for
+from vigil_operator.controller import Controller
+from vigil_operator.core.autoscaling import ScalingState
 from vigil_operator.core.manifests import MODEL_LABEL as MODEL_POD_LABEL
-from vigil_operator.core.reconcile import Observed, Outcome, reconcile
-from vigil_operator.core.spec import SpecError, parse_spec
+from vigil_operator.core.reconcile import Observed, Outcome
+from vigil_operator.core.spec import ModelSpec
+from vigil_operator.core.status import Event
 from vigil_operator.fence import Fence
 from vigil_operator.kube import GROUP, PLURAL, VERSION, ConflictError, Kube
 from vigil_operator.metrics import OperatorMetrics
-from vigil_operator.scraper import UnitScraper, pod_ready
+from vigil_operator.scraper import UnitScraper
+from vigil_operator.settings import OperatorSettings
 
-CONFIG = OperatorConfig.from_env()
 Logger = logging.Logger | logging.LoggerAdapter[Any]  # what kopf passes
 MODELS = (GROUP, VERSION, PLURAL)
 MANAGED = {"app.kubernetes.io/managed-by": "vigil"}
 
 
-@kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Our own annotation prefix and finalizer name, not kopf's defaults.
     settings.persistence.finalizer = "vigil.dev/finalizer"
@@ -50,12 +48,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.server_timeout = 300
     if "kube" not in memo:
         memo.kube = await Kube.connect(user_agent=memo.get("user_agent"), fence=memo.get("fence"))
-    memo.setdefault("metrics", OperatorMetrics())
-    memo.setdefault("config", CONFIG)
-    memo.setdefault("locks", {})  # (namespace, name) -> Lock, shared by every handler
+    if "controller" not in memo:  # the command passes one; tests may not
+        memo.controller = Controller(OperatorSettings(), memo.get("metrics") or OperatorMetrics())
 
 
-@kopf.on.login()
 async def login(
     memo: kopf.Memo, logger: Logger, settings: kopf.OperatorSettings, **_: Any
 ) -> kopf.AiohttpSession | None:
@@ -84,14 +80,10 @@ async def login(
     )
 
 
-@kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
     """Close the API client only once no reconcile is using it: timers and
     daemons may still be mid-reconcile when kopf runs cleanup handlers."""
-    memo.closing = True
-    for lock in list(memo.locks.values()):
-        async with lock:  # waits for an in-flight reconcile of that Model
-            pass
+    await memo.controller.close()
     await memo.kube.close()
 
 
@@ -113,35 +105,28 @@ def _plain(value: Any) -> Any:
     return value
 
 
-@kopf.index("", "v1", "nodes")
 def nodes(body: kopf.Body, **_: Any) -> dict[None, dict[str, Any]]:
     return {None: _slim(body, "metadata", "spec", "status")}
 
 
-@kopf.index("", "v1", "pods", labels={MODEL_POD_LABEL: kopf.PRESENT})
 def unit_pods(
     body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
     return {(namespace or "", labels[MODEL_POD_LABEL]): _slim(body, "metadata", "spec", "status")}
 
 
-@kopf.index("apps", "v1", "deployments", labels={**MANAGED, MODEL_POD_LABEL: kopf.PRESENT})
 def unit_deployments(
     body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
     return {(namespace or "", labels[MODEL_POD_LABEL]): _slim(body, "metadata", "spec", "status")}
 
 
-@kopf.index("", "v1", "services", labels={**MANAGED, MODEL_POD_LABEL: kopf.PRESENT})
 def unit_services(
     body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
     return {(namespace or "", labels[MODEL_POD_LABEL]): _slim(body, "metadata", "spec")}
 
 
-@kopf.index(
-    "policy", "v1", "poddisruptionbudgets", labels={**MANAGED, MODEL_POD_LABEL: kopf.PRESENT}
-)
 def unit_budgets(
     body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
@@ -155,13 +140,10 @@ CHILD_INDEXES = {
 }
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 RETRY_S = 2.0  # transient API trouble: try again soon, not after kopf's default minute
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def _transient(exc: BaseException) -> bool:
@@ -171,14 +153,12 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, aiohttp.ClientError | TimeoutError | ConnectionError)
 
 
-def _retry_transient(
-    fn: Callable[P, Awaitable[Outcome | None]],
-) -> Callable[P, Awaitable[Outcome | None]]:
+def _retry_transient(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     """Transient API trouble is retried soon by kopf (TemporaryError: one log
     line, no traceback); anything else is a bug and keeps its traceback."""
 
     @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kw: P.kwargs) -> Outcome | None:
+    async def wrapper(*args: P.args, **kw: P.kwargs) -> R:
         try:
             return await fn(*args, **kw)
         except Exception as exc:
@@ -191,6 +171,80 @@ def _retry_transient(
     return wrapper
 
 
+@dataclass
+class ClusterWorld:
+    """One Model as the controller sees it through kopf: the indexes (in
+    `kwargs`, by name, as kopf passes them) for reads, the API for writes."""
+
+    namespace: str
+    name: str
+    kube: Kube
+    logger: Logger
+    kwargs: Mapping[str, Any]
+    live: Mapping[str, Any] | None = None  # kopf's live body (the autoscaler's)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    def _indexed(self, index: str) -> list[Any]:
+        return list(self.kwargs[index].get(self.key, []))
+
+    def current(self) -> Mapping[str, Any] | None:
+        if self.live is None:
+            return None
+        return {"spec": dict(self.live.get("spec") or {}), "status": self.live.get("status") or {}}
+
+    async def read_model(self) -> Mapping[str, Any] | None:
+        return await self.kube.get_model(self.namespace, self.name)
+
+    def observe(self, spec: ModelSpec | None) -> Observed:
+        return Observed(
+            nodes=list(self.kwargs["nodes"].get(None, [])),
+            pods=self._indexed("unit_pods"),
+            deployments=self._indexed("unit_deployments"),
+        )
+
+    def unit_pods(self) -> Sequence[Mapping[str, Any]]:
+        return self._indexed("unit_pods")
+
+    def status_fields(self) -> Mapping[str, Any]:
+        return {}
+
+    async def apply(self, body: Mapping[str, Any], outcome: Outcome) -> None:
+        cache = {  # the children as the watches last saw them
+            (kind, o["metadata"]["name"]): o
+            for index, kind in CHILD_INDEXES.items()
+            for o in self._indexed(index)
+        }
+        try:
+            for obj in outcome.apply:
+                kopf.adopt(obj, owner=body)  # type: ignore[arg-type]
+                cached = cache.get((obj["kind"], obj["metadata"]["name"]))
+                result = await self.kube.apply(obj, cached)
+                if result != "unchanged":
+                    self.note(f"{result} {obj['kind']} {obj['metadata']['name']}")
+            for dep in outcome.delete_deployments:
+                await self.kube.delete_deployment(self.namespace, dep)
+                self.note(f"deleted Deployment {dep}")
+        except ConflictError as exc:
+            raise kopf.TemporaryError(str(exc), delay=1) from exc
+
+    async def write_status(self, status: Mapping[str, Any]) -> None:
+        await self.kube.patch_model_status(self.namespace, self.name, dict(status))
+
+    def emit(self, body: Mapping[str, Any], event: Event) -> None:
+        kopf.event(
+            kopf.Body(cast(kopf.RawBody, body)),
+            type=event.type,
+            reason=event.reason,
+            message=event.message,
+        )
+
+    def note(self, message: str) -> None:
+        self.logger.info("%s", message)
+
+
 @_retry_transient
 async def reconcile_model(
     namespace: str | None,
@@ -198,106 +252,21 @@ async def reconcile_model(
     memo: kopf.Memo,
     logger: Logger,
     kwargs: Mapping[str, Any],
-    desired_units: int | None = None,
-    scaling_reason: str = "",
 ) -> Outcome | None:
-    """One idempotent pass for one Model. `kwargs` are the handler's, holding the
-    indexes `nodes`, `unit_pods` and `unit_deployments` (kopf passes them by name)."""
-    nodes: kopf.Index[None, Any] = kwargs["nodes"]
-    unit_pods: kopf.Index[tuple[str, str], Any] = kwargs["unit_pods"]
-    unit_deployments: kopf.Index[tuple[str, str], Any] = kwargs["unit_deployments"]
+    """One pass for one Model. `kwargs` are the handler's, holding the indexes."""
     if namespace is None:  # Models are namespaced; kopf's types allow None
         return None
-    lock: asyncio.Lock = memo.locks.setdefault((namespace, name), asyncio.Lock())
-    kube: Kube = memo.kube
-    metrics: OperatorMetrics = memo.metrics
-    config: OperatorConfig = memo.config
-    async with lock:
-        if memo.get("closing"):  # the operator is stopping; the client is going away
-            return None
-        started = time.perf_counter()
-        body = await kube.get_model(namespace, name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            return None
-        key = (namespace, name)
-        observed = Observed(
-            nodes=list(nodes.get(None, [])),
-            pods=list(unit_pods.get(key, [])),
-            deployments=list(unit_deployments.get(key, [])),
-        )
-        outcome = reconcile(
-            body,
-            observed,
-            now=_now(),
-            default_image=config.default_image,
-            unschedulable_timeout_s=config.unschedulable_timeout_s,
-            zone_recovery_s=config.zone_recovery_s,
-            unit_ready_timeout_s=config.unit_ready_timeout_s,
-            cluster_domain=config.cluster_domain,
-            default_resources=config.default_resources,
-            desired_units=desired_units,
-            scaling_reason=scaling_reason,
-        )
-        cache = {  # the children as the watches last saw them
-            (kind, o["metadata"]["name"]): o
-            for index, kind in CHILD_INDEXES.items()
-            for o in kwargs[index].get(key, [])
-        }
-        try:
-            for obj in outcome.apply:
-                kopf.adopt(obj, owner=body)  # type: ignore[arg-type]
-                result = await kube.apply(obj, cache.get((obj["kind"], obj["metadata"]["name"])))
-                if result != "unchanged":
-                    logger.info("%s %s %s", result, obj["kind"], obj["metadata"]["name"])
-            for dep in outcome.delete_deployments:
-                await kube.delete_deployment(namespace, dep)
-                logger.info("deleted Deployment %s", dep)
-        except ConflictError as exc:
-            raise kopf.TemporaryError(str(exc), delay=1) from exc
-        previous = body.get("status") or {}
-        if outcome.status != previous:  # a no-op write would wake every watcher
-            await kube.patch_model_status(namespace, name, outcome.status)
-        for event in outcome.events:
-            kopf.event(
-                kopf.Body(cast(kopf.RawBody, body)),
-                type=event.type,
-                reason=event.reason,
-                message=event.message,
-            )
-        _record(metrics, key, previous, outcome)
-        metrics.reconcile_duration.observe(time.perf_counter() - started)
-        return outcome
+    world = ClusterWorld(namespace, name, memo.kube, logger, kwargs)
+    controller: Controller = memo.controller
+    return await controller.reconcile(world.key, world)
 
 
-def _record(
-    metrics: OperatorMetrics, key: tuple[str, str], previous: Mapping[str, Any], outcome: Outcome
-) -> None:
-    spec = outcome.spec
-    low = spec.min_units if spec else 0
-    high = (spec.max_units or spec.min_units) if spec else 0
-    metrics.models.update(key, outcome.status, low, high)
-    before, after = previous.get("desiredUnits"), outcome.status.get("desiredUnits")
-    if before is not None and after is not None and before != after:
-        metrics.models.count_decision(key, "up" if after > before else "down")
-
-
-@kopf.on.resume(*MODELS, backoff=RETRY_S)
-@kopf.on.create(*MODELS, backoff=RETRY_S)
-@kopf.on.update(*MODELS, field="spec", backoff=RETRY_S)
 async def on_change(
     namespace: str | None, name: str, memo: kopf.Memo, logger: Logger, **kwargs: Any
 ) -> None:
     await reconcile_model(namespace, name, memo, logger, kwargs)
 
 
-@kopf.timer(*MODELS, interval=CONFIG.reconcile_interval_s, initial_delay=1.0, backoff=RETRY_S)
-async def on_timer(
-    namespace: str | None, name: str, memo: kopf.Memo, logger: Logger, **kwargs: Any
-) -> None:
-    await reconcile_model(namespace, name, memo, logger, kwargs)
-
-
-@kopf.on.event("apps", "v1", "deployments", labels={**MANAGED, MODEL_POD_LABEL: kopf.PRESENT})
 async def on_unit_change(
     event: Mapping[str, Any],
     namespace: str | None,
@@ -313,64 +282,59 @@ async def on_unit_change(
     await reconcile_model(namespace, labels[MODEL_POD_LABEL], memo, logger, kwargs)
 
 
-@kopf.daemon(*MODELS, cancellation_timeout=5.0, backoff=RETRY_S)
 async def autoscaler(
     namespace: str | None,
     name: str,
     memo: kopf.Memo,
     logger: Logger,
     stopped: kopf.DaemonStopped,
-    spec: kopf.Spec,
-    status: kopf.Status,
+    body: kopf.Body,
     **kwargs: Any,
 ) -> None:
     """Per Model: scrape its Ready units, run the policy, reconcile on a change.
-
-    `spec` and `status` are kopf's live views, so spec edits reach the next tick.
-    """
+    `body` is kopf's live view, so spec edits reach the next tick."""
     if namespace is None:
         return
-    key = (namespace, name)
-    config: OperatorConfig = memo.config
-    metrics: OperatorMetrics = memo.metrics
+    controller: Controller = memo.controller
+    world = ClusterWorld(namespace, name, memo.kube, logger, kwargs, live=body)
     state = ScalingState()
     async with aiohttp.ClientSession() as session:
         scraper = UnitScraper(session)
         while not stopped:
-            try:
-                model = parse_spec(dict(spec))
-            except SpecError:
-                model = None
-            cfg = (
-                None
-                if model is None
-                else policy_for(
-                    model,
-                    stable_window_s=config.stable_window_s,
-                    panic_window_s=config.panic_window_s,
-                )
-            )
-            if cfg is None:
-                state = ScalingState()  # no autoscaling: minUnits (or 0) rules
-            else:
-                pods = list(kwargs["unit_pods"].get(key, []))
-                ready = sum(pod_ready(p) for p in pods)
-                if state.desired is None:
-                    state = replace(state, desired=int(status.get("desiredUnits") or 0) or None)
-                sample = await scraper.sample(pods, cfg.metric)
-                decision, state = autoscale(cfg, state, sample, time.monotonic(), ready)
-                if decision.load is not None:
-                    metrics.models.observe_load(key, cfg.metric, decision.load)
-                if decision.changed:
-                    logger.info("scaling: %s", decision.reason)
-                    await reconcile_model(
-                        namespace, name, memo, logger, kwargs, decision.desired, decision.reason
-                    )
-            await stopped.wait(config.scrape_interval_s)
+            state = await _retry_transient(controller.autoscale)(world.key, world, scraper, state)
+            await stopped.wait(controller.settings.scrape_interval_s)
 
 
-@kopf.on.delete(*MODELS, optional=True)
 def on_delete(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
     """Children go by garbage collection (owner references); series go here."""
-    memo.metrics.models.forget((namespace or "", name))
-    memo.locks.pop((namespace, name), None)
+    memo.controller.forget((namespace or "", name))
+
+
+def registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
+    """Every handler, bound to `settings` (the timer's interval)."""
+    reg = kopf.OperatorRegistry()
+    kopf.on.startup(registry=reg)(configure)
+    kopf.on.login(registry=reg)(login)
+    kopf.on.cleanup(registry=reg)(close)
+    kopf.index("", "v1", "nodes", registry=reg)(nodes)
+    units: dict[str, Any] = {MODEL_POD_LABEL: kopf.PRESENT}
+    managed: dict[str, Any] = {**MANAGED, **units}
+    kopf.index("", "v1", "pods", labels=units, registry=reg)(unit_pods)
+    kopf.index("apps", "v1", "deployments", labels=managed, registry=reg)(unit_deployments)
+    kopf.index("", "v1", "services", labels=managed, registry=reg)(unit_services)
+    kopf.index("policy", "v1", "poddisruptionbudgets", labels=managed, registry=reg)(unit_budgets)
+    for on in (kopf.on.resume, kopf.on.create):
+        on(*MODELS, backoff=RETRY_S, registry=reg)(on_change)
+    kopf.on.update(*MODELS, field="spec", backoff=RETRY_S, registry=reg)(on_change)
+    kopf.timer(
+        *MODELS,
+        interval=settings.reconcile_interval_s,
+        initial_delay=1.0,
+        backoff=RETRY_S,
+        registry=reg,
+        id="on_timer",
+    )(on_change)
+    kopf.on.event("apps", "v1", "deployments", labels=managed, registry=reg)(on_unit_change)
+    kopf.daemon(*MODELS, cancellation_timeout=5.0, backoff=RETRY_S, registry=reg)(autoscaler)
+    kopf.on.delete(*MODELS, optional=True, registry=reg)(on_delete)
+    return reg

@@ -114,7 +114,7 @@ async def test_load_scales_up_within_bounds_and_back_down(
         [
             sys.executable,
             "-m",
-            "vigil_inference.cli",
+            "vigil_cli",
             "operator",
             "-n",
             kube_namespace,

@@ -53,8 +53,10 @@ def _selector(sel: Any) -> tuple[str, str]:
 
 def kopf_permissions(namespaced: bool) -> set[Permission]:
     """What kopf does for the handlers vigil_operator.handlers registers."""
-    importlib.import_module("vigil_operator.handlers")
-    registry = kopf.get_default_registry()
+    from vigil_operator.handlers import registry as handlers_registry
+    from vigil_operator.settings import OperatorSettings
+
+    registry = handlers_registry(OperatorSettings())
     out: set[Permission] = set()
     watched = [
         *registry._indexing.get_all_handlers(),

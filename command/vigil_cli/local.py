@@ -1,4 +1,5 @@
-"""`vigil local ...`: the whole system on one machine, no cluster.
+"""`vigil local ...`: the whole system on one machine, no cluster (the local
+runtime, `vigil_operator.local`).
 
 `vigil local up` runs the control process (Models, reconcile and autoscaler
 loops, unit processes, client endpoint, metrics, control API); the other
@@ -15,7 +16,10 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from vigil_cli.main import Command, lazy
+
 if TYPE_CHECKING:
+    Verbs = argparse._SubParsersAction[argparse.ArgumentParser]
     from vigil_operator.local.control import LocalConfig
     from vigil_operator.local.store import ModelStore
 
@@ -52,8 +56,16 @@ def add_local_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         "zones, driven by the operator's own core.",
     )
     verbs = local.add_subparsers(dest="verb", required=True, metavar="VERB")
+    _add_up(verbs)
     client = _client_options()
+    _add_apply(verbs, client)
+    _add_get(verbs, client)
+    _add_delete(verbs, client)
+    _add_zone(verbs, client)
+    _add_events(verbs, client)
 
+
+def _add_up(verbs: Verbs) -> None:
     up = verbs.add_parser(
         "up",
         help="run the control process (until Ctrl-C)",
@@ -119,6 +131,8 @@ def add_local_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     up.add_argument("-v", "--verbose", action="store_true", help="log more")
     up.set_defaults(func=_run("up_command"))
 
+
+def _add_apply(verbs: Verbs, client: argparse.ArgumentParser) -> None:
     apply = verbs.add_parser(
         "apply",
         parents=[client],
@@ -132,6 +146,8 @@ def add_local_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     _namespace_options(apply)
     apply.set_defaults(func=_run("apply_command"))
 
+
+def _add_get(verbs: Verbs, client: argparse.ArgumentParser) -> None:
     get = verbs.add_parser(
         "get",
         parents=[client],
@@ -144,6 +160,8 @@ def add_local_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     get.add_argument("-o", "--output", choices=["wide", "yaml", "json"], help="output format")
     get.set_defaults(func=_run("get_command"))
 
+
+def _add_delete(verbs: Verbs, client: argparse.ArgumentParser) -> None:
     delete = verbs.add_parser(
         "delete", parents=[client], help="delete Models; their units drain and stop"
     )
@@ -152,6 +170,8 @@ def add_local_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     _namespace_options(delete)
     delete.set_defaults(func=_run("delete_command"))
 
+
+def _add_zone(verbs: Verbs, client: argparse.ArgumentParser) -> None:
     zone = verbs.add_parser(
         "zone",
         parents=[client],
@@ -165,6 +185,8 @@ def add_local_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     zone.add_argument("-o", "--output", choices=["json"], help="print the runtime's answer")
     zone.set_defaults(func=_run("zone_command"))
 
+
+def _add_events(verbs: Verbs, client: argparse.ArgumentParser) -> None:
     events = verbs.add_parser(
         "events", parents=[client], help="a Model's recent Events (scaling, zones, phase)"
     )
@@ -173,13 +195,14 @@ def add_local_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     events.set_defaults(func=_run("events_command"))
 
 
-def _run(name: str) -> Any:
+def _run(name: str) -> Command:
+    """`lazy`, with the control API's address defaulted from the environment."""
+    command = lazy("vigil_cli.local", name)
+
     def run(args: argparse.Namespace) -> int:
         if getattr(args, "api", "") is None:
             args.api = _api_default()
-        fn = globals()[name]
-        code: int = fn(args)
-        return code
+        return command(args)
 
     return run
 
@@ -195,10 +218,10 @@ def up_command(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from vigil_operator.config import OperatorConfig
     from vigil_operator.core.spec import ZONE_RE
     from vigil_operator.local.control import LocalConfig
     from vigil_operator.local.store import ModelStore, load_validator
+    from vigil_operator.settings import OperatorSettings
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -212,7 +235,7 @@ def up_command(args: argparse.Namespace) -> int:
     for z in zones:
         if not ZONE_RE.match(z) or len(z) > 63:
             raise ValueError(f"zone {z!r} is not a zone label value")
-    operator = OperatorConfig.from_env()
+    operator = OperatorSettings.from_env(os.environ)
     interval = args.reconcile_interval
     if interval is None:
         interval = (
