@@ -14,6 +14,8 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
+from vigil.v1.wire import SERVICE_NAME
+
 from .spec import GPU_RESOURCE, Artifact, ModelSpec
 from .zones import ZONE_LABEL, ZONE_POD_LABEL
 
@@ -21,7 +23,7 @@ GRPC_PORT: Final = 50051
 METRICS_PORT: Final = 8080
 MODEL_LABEL: Final = "vigil.dev/model"
 ARTIFACT_ANNOTATION: Final = "vigil.dev/artifact-uri"
-HEALTH_SERVICE: Final = "vigil.v1.AnomalyDetection"
+HEALTH_SERVICE: Final = SERVICE_NAME
 MODEL_DIR: Final = "/var/lib/vigil/model"
 CONTAINER: Final = "unit"
 # The server drains in-flight requests for 20 s after SIGTERM (its default

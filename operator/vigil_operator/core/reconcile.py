@@ -17,7 +17,14 @@ from typing import Any
 from .manifests import pod_disruption_budget, service, unit_deployment
 from .placement import plan_replicas, remainder_order, spread
 from .spec import ModelSpec, SpecError, parse_spec, validate_name
-from .status import UNIT_READY_TIMEOUT_S, Event, build_status, event_messages, unit_problems
+from .status import (
+    UNIT_READY_TIMEOUT_S,
+    Event,
+    StatusFacts,
+    build_status,
+    event_messages,
+    unit_problems,
+)
 from .zones import (
     UNSCHEDULABLE_TIMEOUT_S,
     ZONE_POD_LABEL,
@@ -101,19 +108,21 @@ def reconcile(
         spec = parse_spec(body.get("spec") or {})
     except SpecError as exc:
         status = build_status(
-            name=name,
-            namespace=namespace,
-            generation=generation,
-            spec=None,
-            zones=[],
-            desired_units=int(previous.get("desiredUnits") or 0),
-            target={},
-            replicas=replicas,
-            ready=ready,
-            previous=previous,
-            now=now,
-            error=str(exc),
-            cluster_domain=cluster_domain,
+            StatusFacts(
+                name=name,
+                namespace=namespace,
+                generation=generation,
+                spec=None,
+                zones=[],
+                desired_units=int(previous.get("desiredUnits") or 0),
+                target={},
+                replicas=replicas,
+                ready=ready,
+                previous=previous,
+                now=now,
+                error=str(exc),
+                cluster_domain=cluster_domain,
+            )
         )
         return Outcome(None, status, event_messages(previous, status, scaling_reason))
 
@@ -143,20 +152,22 @@ def reconcile(
     apply += [service(name, namespace), pod_disruption_budget(name, namespace, spec.floor)]
     delete = sorted(names[z] for z in plan if z not in target and plan[z] == 0 and z in names)
     status = build_status(
-        name=name,
-        namespace=namespace,
-        generation=generation,
-        spec=spec,
-        zones=zones,
-        desired_units=desired,
-        target=target,
-        replicas=plan,
-        ready=ready,
-        previous=previous,
-        now=now,
-        problems=unit_problems(observed.pods, now=now, ready_timeout_s=unit_ready_timeout_s),
-        pods_left=_pods_left(observed.pods),
-        cluster_domain=cluster_domain,
+        StatusFacts(
+            name=name,
+            namespace=namespace,
+            generation=generation,
+            spec=spec,
+            zones=zones,
+            desired_units=desired,
+            target=target,
+            replicas=plan,
+            ready=ready,
+            previous=previous,
+            now=now,
+            problems=unit_problems(observed.pods, now=now, ready_timeout_s=unit_ready_timeout_s),
+            pods_left=_pods_left(observed.pods),
+            cluster_domain=cluster_domain,
+        )
     )
     events = event_messages(previous, status, scaling_reason)
     return Outcome(spec, status, events, apply, delete, zones, target, plan)

@@ -25,9 +25,9 @@ from typing import Any
 import grpc
 import pytest
 
+from tests.tools import free_port
 from vigil.v1 import anomaly_pb2, anomaly_pb2_grpc
 from vigil_operator.local.api import ApiClient
-from vigil_operator.local.units import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 
