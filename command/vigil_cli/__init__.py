@@ -1,4 +1,4 @@
 """The `vigil` command: parses flags, reads the environment once into typed
 settings, and hands them to the unit (`vigil_inference`), the operator
-(`vigil_operator.handlers` under `vigil_operator.runner`) or the local
+(`vigil_operator.cluster.handlers` under `vigil_operator.cluster.runner`) or the local
 runtime (`vigil_operator.local`), each imported only when its command runs."""

@@ -104,11 +104,11 @@ def operator_command(args: argparse.Namespace) -> int:
     import kopf
     from prometheus_client import start_http_server
 
-    from vigil_operator import handlers
+    from vigil_operator.cluster import handlers
+    from vigil_operator.cluster.fence import Fence
+    from vigil_operator.cluster.runner import run
     from vigil_operator.controller import Controller
-    from vigil_operator.fence import Fence
     from vigil_operator.metrics import OperatorMetrics
-    from vigil_operator.runner import run
 
     kopf.configure(verbose=args.verbose, log_prefix=True)
     metrics = OperatorMetrics()

@@ -6,7 +6,7 @@ status, emit Events), and record the operator's series. One autoscaler tick
 is: scrape the Model's Ready units, run the policy (`core.autoscaling`), and
 reconcile on a change. The shells differ only in their `World`: the kopf
 handlers' reads indexes and writes through the API server
-(`handlers.ClusterWorld`), the local runtime's reads and starts local
+(`cluster.handlers.ClusterWorld`), the local runtime's reads and starts local
 processes (`local.control.LocalModel`).
 """
 

@@ -32,9 +32,9 @@ from typing import Any, NoReturn
 
 from aiohttp import web
 
-from vigil_operator.election import Elector, LeaseStore
-from vigil_operator.fence import Fence
-from vigil_operator.kube import new_api_client
+from vigil_operator.cluster.election import Elector, LeaseStore
+from vigil_operator.cluster.fence import Fence
+from vigil_operator.cluster.kube import new_api_client
 from vigil_operator.metrics import OperatorMetrics
 from vigil_operator.settings import RunOptions
 

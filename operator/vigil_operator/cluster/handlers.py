@@ -20,14 +20,14 @@ import aiohttp
 import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from vigil_operator.cluster.fence import Fence
+from vigil_operator.cluster.kube import GROUP, PLURAL, VERSION, ConflictError, Kube
 from vigil_operator.controller import Controller
 from vigil_operator.core.autoscaling import ScalingState
 from vigil_operator.core.manifests import MODEL_LABEL as MODEL_POD_LABEL
 from vigil_operator.core.reconcile import Observed, Outcome
 from vigil_operator.core.spec import ModelSpec
 from vigil_operator.core.status import Event
-from vigil_operator.fence import Fence
-from vigil_operator.kube import GROUP, PLURAL, VERSION, ConflictError, Kube
 from vigil_operator.metrics import OperatorMetrics
 from vigil_operator.scraper import UnitScraper
 from vigil_operator.settings import OperatorSettings
