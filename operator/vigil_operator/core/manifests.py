@@ -180,27 +180,15 @@ def _artifact_delivery(
     return [{"name": "model", "emptyDir": {}}], [mount], [fetch]
 
 
-def unit_deployment(
-    name: str,
-    namespace: str,
-    zone: str,
-    replicas: int,
+def _unit_container(
     spec: ModelSpec,
-    default_image: str,
-    default_resources: Defaults | None = None,
+    zone: str,
+    image: str,
+    mounts: list[dict[str, Any]],
+    default_resources: Defaults | None,
 ) -> dict[str, Any]:
-    """The Deployment running Model `name`'s units in `zone`.
-
-    Rolling updates add a unit before removing one (maxSurge 1, maxUnavailable 0).
-    Units drain on SIGTERM by themselves (health turns NOT_SERVING, in-flight
-    requests finish), so there is no preStop hook.
-    """
-    image = spec.unit.image or default_image
-    selector = zone_selector(name, zone)
-    labels = {**model_labels(name), ZONE_POD_LABEL: zone}
-    annotations = {ARTIFACT_ANNOTATION: spec.artifact.uri}
-    volumes, mounts, init = _artifact_delivery(spec.artifact, image)
-    container = {
+    """The unit container: `vigil serve` on the fixed ports, probed over gRPC health."""
+    return {
         "name": CONTAINER,
         "image": image,
         "command": [
@@ -231,6 +219,17 @@ def unit_deployment(
         "livenessProbe": _grpc_probe(period=10, failures=3, timeout=5),
         "securityContext": _container_security(),
     }
+
+
+def _unit_pod_spec(
+    spec: ModelSpec,
+    zone: str,
+    selector: Mapping[str, str],
+    container: dict[str, Any],
+    volumes: list[dict[str, Any]],
+    init: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Pinned to `zone` by node affinity, spread over its nodes, locked down."""
     affinity = {
         "nodeAffinity": {
             "requiredDuringSchedulingIgnoredDuringExecution": {
@@ -248,7 +247,7 @@ def unit_deployment(
                 "maxSkew": 1,
                 "topologyKey": "kubernetes.io/hostname",
                 "whenUnsatisfiable": "ScheduleAnyway",
-                "labelSelector": {"matchLabels": selector},
+                "labelSelector": {"matchLabels": dict(selector)},
             }
         ],
         "containers": [container],
@@ -270,6 +269,31 @@ def unit_deployment(
         pod_spec["nodeSelector"] = dict(spec.unit.node_selector)
     if spec.unit.tolerations:
         pod_spec["tolerations"] = [t.to_k8s() for t in spec.unit.tolerations]
+    return pod_spec
+
+
+def unit_deployment(
+    name: str,
+    namespace: str,
+    zone: str,
+    replicas: int,
+    spec: ModelSpec,
+    default_image: str,
+    default_resources: Defaults | None = None,
+) -> dict[str, Any]:
+    """The Deployment running Model `name`'s units in `zone`.
+
+    Rolling updates add a unit before removing one (maxSurge 1, maxUnavailable 0).
+    Units drain on SIGTERM by themselves (health turns NOT_SERVING, in-flight
+    requests finish), so there is no preStop hook.
+    """
+    image = spec.unit.image or default_image
+    selector = zone_selector(name, zone)
+    labels = {**model_labels(name), ZONE_POD_LABEL: zone}
+    annotations = {ARTIFACT_ANNOTATION: spec.artifact.uri}
+    volumes, mounts, init = _artifact_delivery(spec.artifact, image)
+    container = _unit_container(spec, zone, image, mounts, default_resources)
+    pod_spec = _unit_pod_spec(spec, zone, selector, container, volumes, init)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

@@ -18,9 +18,7 @@ import logging
 import random
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Final
 from wsgiref.simple_server import WSGIServer
 
@@ -38,32 +36,15 @@ from vigil_operator.local import world
 from vigil_operator.local.deployments import Replica, plan_zone
 from vigil_operator.local.documents import artifact_file
 from vigil_operator.local.proxy import Backend, ClientEndpoint, RouteError
+from vigil_operator.local.settings import LOCAL_IMAGE, LocalConfig
 from vigil_operator.local.store import Invalid, Key, ModelStore, key_of
 from vigil_operator.local.units import Launch, Unit, Zones
 from vigil_operator.metrics import OperatorMetrics
 from vigil_operator.scraper import UnitScraper
-from vigil_operator.settings import OperatorSettings
 
 log = logging.getLogger("vigil.local")
 
-DEFAULT_ZONES: Final = ("zone-a", "zone-b", "zone-c")
-LOCAL_IMAGE: Final = "local"  # units are processes here; the core still names an image
 _NAME_CHARS: Final = "bcdfghjklmnpqrstvwxz2456789"  # as Kubernetes' generated names
-
-
-@dataclass(frozen=True)
-class LocalConfig:
-    zones: tuple[str, ...] = DEFAULT_ZONES
-    host: str = "127.0.0.1"  # client endpoint and metrics
-    port: int = 50051
-    metrics_port: int = 8080
-    state_dir: Path = Path(".vigil-local")
-    grace_s: float = 15.0
-    serve_args: tuple[str, ...] = ()
-    serving_nice: int = 0  # see units.Launch
-    operator: OperatorSettings = field(
-        default_factory=lambda: OperatorSettings(reconcile_interval_s=1.0)
-    )
 
 
 def unit_status(unit: Unit) -> str:
