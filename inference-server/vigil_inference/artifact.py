@@ -82,6 +82,12 @@ def save_artifact(path: str | Path, meta: dict[str, Any], tensors: dict[str, tor
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.")
     try:
+        # mkstemp makes it 0600: the unit image runs as uid 65532 and must read
+        # an artifact mounted from its trainer's disk, so give it the mode open()
+        # would (0666 less the umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile
+
+from vigil_inference.decoders import (
+    PILLOW_JPEG_COLORSPACES,
+    DamagedImage,
+    decode_jpeg_rgb,
+    jpeg_colorspace,
+    verified_png,
+)
 
 MAX_IMAGE_BYTES: Final = 8 * 1024 * 1024
 MIN_SIDE: Final = 64
@@ -23,6 +31,8 @@ _ALIASES: Final = {"image/jpg": "image/jpeg", "image/x-png": "image/png"}
 
 # The side limits bound the pixel count; PIL's own guard is a second line.
 Image.MAX_IMAGE_PIXELS = MAX_SIDE * MAX_SIDE
+# Pillow's default, pinned: decoding a cut-short file must fail, not pad it.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
 class InvalidImage(ValueError):
@@ -88,14 +98,32 @@ def inspect_image(data: bytes, content_type: str = "") -> ImageHeader:
     return ImageHeader(actual, width, height)
 
 
+def _dct_scale(header: ImageHeader, draft: tuple[int, int]) -> int:
+    """Pillow's draft rule: the largest of 8, 4, 2, 1 keeping both sides >= `draft`."""
+    fits = min(header.width // max(draft[0], 1), header.height // max(draft[1], 1))
+    return next((s for s in (8, 4, 2, 1) if fits >= s), 1)
+
+
 def decode_rgb(
     data: bytes, header: ImageHeader, draft: tuple[int, int] | None = None
 ) -> Image.Image:
-    """Decode all pixels as RGB; truncated or corrupt data is InvalidImage.
+    """Decode all pixels as RGB, strictly: incomplete or corrupt pixel data
+    (missing rows, a zlib stream or JPEG cut short, a bad CRC, corrupt
+    entropy data) is InvalidImage, never an image with black or grey holes.
 
     `draft` (width, height): a JPEG may be decoded at a reduced DCT scale no
     smaller than this, which is several times cheaper for large photos.
+    How each kind of damage is caught is in `decoders`.
     """
+    problem = f"{header.format} data is truncated or corrupt"
+    try:
+        if header.format == "JPEG" and jpeg_colorspace(data) not in PILLOW_JPEG_COLORSPACES:
+            scale = 1 if draft is None else _dct_scale(header, draft)
+            return Image.fromarray(decode_jpeg_rgb(data, scale))
+        if header.format == "PNG":
+            data = verified_png(data)
+    except DamagedImage as exc:
+        raise InvalidImage(f"{problem}: {exc}") from exc
     try:
         with Image.open(io.BytesIO(data), formats=[header.format]) as img:
             if draft is not None and header.format == "JPEG":
@@ -103,7 +131,7 @@ def decode_rgb(
             img.load()
             return img.convert("RGB")
     except Exception as exc:
-        raise InvalidImage(f"{header.format} data is truncated or corrupt: {exc}") from exc
+        raise InvalidImage(f"{problem}: {exc}") from exc
 
 
 def to_model_input(data: bytes, header: ImageHeader, size: tuple[int, int]) -> np.ndarray:

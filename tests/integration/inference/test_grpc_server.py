@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 
+from tests.damaged_images import DAMAGE
 from tests.integration.inference.conftest import UnitFactory
 from vigil.v1 import anomaly_pb2
 from vigil_inference import synthetic
@@ -157,6 +158,8 @@ BAD_INPUTS = {
     "corrupt header": (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "", "cannot read the PNG header"),
     "truncated JPEG": (_truncated("JPEG"), "image/jpeg", "truncated or corrupt"),
     "truncated PNG": (_truncated("PNG"), "", "truncated or corrupt"),
+    # A sound header over incomplete or corrupt pixel data (tests/damaged_images.py).
+    **{name: (make(), "", words) for name, (make, words) in DAMAGE.items()},
 }
 
 

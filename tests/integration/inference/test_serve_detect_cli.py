@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import signal
 import subprocess
-import sys
-import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,12 +15,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
+from tests.damaged_images import DAMAGE
+from tests.integration.inference.serve_process import VIGIL, ServeProcess
 from vigil_inference.artifact import ArtifactError, load_artifact
 from vigil_inference.server import SERVICE_NAME
 
 pytestmark = pytest.mark.slow
 
-VIGIL = [sys.executable, "-m", "vigil_inference.cli"]
 RESULT_FIELDS = {
     "is_anomalous",
     "confidence",
@@ -36,69 +33,13 @@ RESULT_FIELDS = {
 }
 
 
-class ServeProcess:
-    def __init__(self, model: Path) -> None:
-        self.proc = subprocess.Popen(
-            [
-                *VIGIL,
-                "serve",
-                "--model",
-                str(model),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--metrics-port",
-                "0",
-                "--max-batch-size",
-                "4",
-                "--grace-seconds",
-                "10",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._ready = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        assert self._ready.wait(120), f"serve did not come up:\n{self.stderr}"
-        ready = next(line for line in self.lines if "grpc_port=" in line)
-        self.port = int(re.search(r"grpc_port=(\d+)", ready)[1])  # type: ignore[index]
-        self.metrics_port = int(re.search(r"metrics_port=(\d+)", ready)[1])  # type: ignore[index]
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            if "grpc_port=" in line:
-                self._ready.set()
-        self._ready.set()
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self.lines)
-
-    def metric(self, sample: str) -> float:
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as r:
-            text = r.read().decode()
-        for line in text.splitlines():
-            if line.startswith(sample + " "):
-                return float(line.split()[-1])
-        raise AssertionError(f"{sample} not in /metrics")
-
-
 @pytest.fixture(scope="module")
 def unit(trained_model_path: Path) -> Iterator[ServeProcess]:
     server = ServeProcess(trained_model_path)
     try:
         yield server
     finally:
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait()
+        server.stop()
 
 
 def detect(*args: str) -> subprocess.CompletedProcess[str]:
@@ -205,6 +146,35 @@ def test_detect_reports_each_failure_and_continues(
     assert str(missing) in errors[1]
     assert "No such file" in errors[1]
     assert unit.metric('vigil_inference_images_total{result="invalid"}') == invalid_before + 1
+
+
+def test_detect_names_each_damaged_image_and_scores_the_whole_one(
+    unit: ServeProcess, tmp_path: Path, png_image: Callable[..., bytes]
+) -> None:
+    damaged = []
+    for i, (make, words) in enumerate(DAMAGE.values()):
+        data = make()
+        suffix = "png" if data.startswith(b"\x89PNG") else "jpg"
+        path = tmp_path / f"damaged-{i}.{suffix}"
+        path.write_bytes(data)
+        damaged.append((path, words))
+    good = tmp_path / "good.png"
+    good.write_bytes(png_image(16))
+    invalid_before = unit.metric('vigil_inference_images_total{result="invalid"}')
+
+    run = detect("--target", f"127.0.0.1:{unit.port}", *(str(p) for p, _ in damaged), str(good))
+
+    assert run.returncode == 1
+    [line] = run.stdout.splitlines()
+    assert json.loads(line)["image"] == str(good)
+    errors = run.stderr.splitlines()
+    assert len(errors) == len(damaged)
+    for error, (path, words) in zip(errors, damaged, strict=True):
+        assert error.startswith(f"vigil detect: {path}: INVALID_ARGUMENT")
+        assert "truncated or corrupt" in error
+        assert words in error
+    invalid = unit.metric('vigil_inference_images_total{result="invalid"}')
+    assert invalid == invalid_before + len(damaged)
 
 
 def test_detect_against_no_server_fails_with_status(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -142,3 +143,15 @@ def test_a_pickle_is_refused_without_running_it(
 
 def test_save_is_atomic_and_leaves_no_temp_files(saved: Path) -> None:
     assert [p.name for p in saved.parent.iterdir()] == ["m.vigil"]
+
+
+def test_saved_artifact_is_readable_by_other_users(
+    tmp_path: Path, tensors: dict[str, torch.Tensor]
+) -> None:
+    """An artifact trained as one user is served by the image's uid 65532."""
+    umask = os.umask(0o022)
+    try:
+        save_artifact(tmp_path / "m.vigil", META, tensors)
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "m.vigil").stat().st_mode & 0o777 == 0o644

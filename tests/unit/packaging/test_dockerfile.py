@@ -96,21 +96,27 @@ def test_targets_are_slim_python_and_run_as_the_units_uid(stages: dict[str, Stag
 
 
 def test_final_stages_hold_no_build_tools(stages: dict[str, Stage]) -> None:
-    for target, env in (("operator", "operator-env"), ("inference", "inference-env")):
+    """Each image gets only Vigil's wheel from the builder (into /tmp, which the
+    chart mounts over), installs it in one step and leaves neither pip, nor
+    its cache, nor the wheel behind in that step's layer."""
+    for target in ("operator", "inference"):
         stage = stages[target]
         kinds = {kw for kw, _ in stage.instructions}
-        assert "RUN" not in kinds and "ADD" not in kinds, f"{target} runs or fetches something"
-        (copy,) = stage.all("COPY")
-        assert copy == f"--from={env} /opt/vigil /opt/vigil"
-        assert stages[env].base == "builder"
+        assert "ADD" not in kinds, f"{target} fetches something"
+        assert stage.all("COPY") == ["--from=builder /wheels/ /tmp/wheels/"]
+        (run,) = stage.all("RUN")
+        steps = [step.strip() for step in run.split("&&")]
+        assert steps[0] == "python -m venv /opt/vigil"
+        installs = [step for step in steps if step.startswith("/opt/vigil/bin/pip install")]
+        assert installs and all("--no-cache-dir" in step for step in installs)
+        assert steps[-2:] == ["/opt/vigil/bin/pip uninstall -y pip", "rm -r /tmp/wheels"]
     builder = stages["builder"]
     assert any("grpc_tools.protoc" in run for run in builder.all("RUN"))
-    for env in ("operator-env", "inference-env"):
-        assert any("pip uninstall -y pip" in run for run in stages[env].all("RUN"))
+    assert any("pip wheel --no-deps --wheel-dir /wheels ." in run for run in builder.all("RUN"))
 
 
 def test_operator_image_installs_no_inference_dependencies(stages: dict[str, Stage]) -> None:
-    (run,) = stages["operator-env"].all("RUN")
+    (run,) = stages["operator"].all("RUN")
     assert "vigil[operator]" in run and "inference" not in run
     extras = PYPROJECT["project"]["optional-dependencies"]
     names = {
@@ -121,7 +127,7 @@ def test_operator_image_installs_no_inference_dependencies(stages: dict[str, Sta
 
 
 def test_inference_image_takes_torch_from_pyproject_pins(stages: dict[str, Stage]) -> None:
-    (run,) = stages["inference-env"].all("RUN")
+    (run,) = stages["inference"].all("RUN")
     assert "vigil[inference]" in run
     assert "torch" not in run.replace("torch 1.6", ""), "torch is pinned once, in pyproject.toml"
     pins = {d.split("==")[0]: d for d in PYPROJECT["project"]["optional-dependencies"]["inference"]}

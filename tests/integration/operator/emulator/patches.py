@@ -7,7 +7,10 @@
   directives are refused, so a test never passes by accident on them.
 - ``application/json-patch+json``: RFC 6902; a failed ``test`` op is a 422,
   which kopf relies on for its optimistic ``/metadata/resourceVersion`` tests.
-- ``application/apply-patch+yaml`` (server-side apply): refused with a 415.
+- ``application/apply-patch+yaml`` (server-side apply, helm 4's default):
+  the applied configuration is merged into the object, or creates it. No
+  managedFields: fields a manager stops applying are kept, and there are no
+  ownership conflicts.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jsonpatch
+import yaml
 
 from . import errors
 from .resources import ResourceType
@@ -24,6 +28,30 @@ from .resources import ResourceType
 MERGE = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+APPLY = "application/apply-patch+yaml"
+
+
+def is_apply(content_type: str) -> bool:
+    return content_type.split(";")[0].strip().lower() == APPLY
+
+
+def parse_apply(data: Any, raw: bytes) -> dict[str, Any]:
+    """The applied configuration: JSON (what client-go sends) or YAML."""
+    if data is None and raw:
+        try:
+            data = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise errors.bad_request(f"error decoding YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise errors.bad_request("an apply patch must be an object")
+    return data
+
+
+def apply_configuration(current: dict[str, Any], applied: dict[str, Any]) -> dict[str, Any]:
+    """Server-side apply without field ownership: a merge that keeps the object's identity."""
+    md = {k: v for k, v in (applied.get("metadata") or {}).items() if k != "resourceVersion"}
+    result: dict[str, Any] = merge_patch(current, {**applied, "metadata": md})
+    return result
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

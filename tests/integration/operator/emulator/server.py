@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import inspect
 import json
 import time
@@ -24,15 +25,17 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from ssl import SSLContext
 from typing import Any, TypeVar
 
+import aiohttp.test_utils
 import aiohttp.web
 import attrs
 import kmock
 import yaml
 from kmock._internal import apps, rendering
 
-from . import auth, errors, patches, selectors
+from . import auth, errors, openapi, patches, protobuf, selectors, strict, tables
 from .controllers import (
     NODE_LEASES,
     Controllers,
@@ -162,6 +165,17 @@ def _to_controllers(instance: Any, attribute: Any, value: Any) -> Any:
     return value
 
 
+class _TLSServer(aiohttp.test_utils.RawTestServer):
+    """kmock's server class, listening with TLS."""
+
+    def __init__(self, *args: Any, ssl_context: SSLContext, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ssl_context = ssl_context
+
+    async def start_server(self, loop: Any = None, **kwargs: Any) -> None:
+        await super().start_server(loop=loop, ssl=self.ssl_context, **kwargs)
+
+
 @attrs.define(kw_only=True)
 class KubeEmulator(kmock.KubernetesEmulator):
     """A Kubernetes API server emulator with a simulated control plane.
@@ -252,11 +266,16 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     @contextlib.asynccontextmanager
     async def serve(
-        self, host: str = "127.0.0.1", port: int | None = None
+        self, host: str = "127.0.0.1", port: int | None = None, ssl: SSLContext | None = None
     ) -> AsyncIterator[KubeEmulator]:
-        """Run the emulator and an HTTP server for it (on a free port unless given one)."""
+        """Run the emulator and an HTTP server for it (on a free port unless given one);
+        HTTPS with ``ssl`` (kubectl sends no credentials over plain HTTP)."""
         async with self:
-            server = kmock.Server(self, host=host, port=port)
+            if ssl is None:
+                server = kmock.Server(self, host=host, port=port)
+            else:
+                tls = functools.partial(_TLSServer, ssl_context=ssl)
+                server = kmock.Server(self, host=host, port=port, server_cls=tls)
             await server.__aenter__()
             try:
                 yield self
@@ -430,6 +449,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
         record: Callable[[int], None],
     ) -> aiohttp.web.StreamResponse:
         try:
+            if raw.content_type == protobuf.MEDIA_TYPE and raw.method in ("POST", "PUT"):
+                data = protobuf.decode(await raw.read())  # client-go's typed clients
             if route is None:
                 return self._non_resource(raw.path)
             return await self._serve_resource(raw, route, data, record)
@@ -451,6 +472,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 paths.add(f"/apis/{group}")
                 paths.update(f"/apis/{group}/{v}" for v in versions)
             return _json({"paths": sorted(paths)})
+        if parts[:2] == ["openapi", "v3"]:
+            return self._openapi_v3("/".join(parts[2:]))
         if parts == ["version"]:
             return _json(
                 {
@@ -497,6 +520,15 @@ class KubeEmulator(kmock.KubernetesEmulator):
             return _json(self._resource_list(parts[1], parts[2]))
         raise errors.unknown_resource()
 
+    def _openapi_v3(self, group_version: str) -> aiohttp.web.StreamResponse:
+        catalog = self.store.catalog
+        documents = openapi.documents(list(catalog.types.values()), catalog.schemas)
+        if not group_version:
+            return _json(openapi.root_document(documents))
+        if group_version not in documents:
+            raise errors.unknown_resource()
+        return _json(documents[group_version])
+
     @staticmethod
     def _group(group: str, versions: list[str]) -> Obj:
         listed = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
@@ -541,14 +573,26 @@ class KubeEmulator(kmock.KubernetesEmulator):
                     fields.append(selectors.FieldRequirement("metadata.name", False, name))
                 return await self._watch(raw, rt, ns, labels, fields, record)
             if name is None:
-                return _json(self._list(rt, ns, labels, fields, query))
+                listed = self._list(rt, ns, labels, fields, query)
+                if rt.custom and tables.wants_table(raw.headers.get("Accept", "")):
+                    return _json(self._table(rt, listed["items"], query))
+                return _json(listed)
             obj = self.store.read(rt, ns, name)
+            if rt.custom and sub is None and tables.wants_table(raw.headers.get("Accept", "")):
+                return _json(self._table(rt, [obj], query))
             return _json(self._scale_of(obj) if sub == "scale" else obj)
+        strict_fields = query.get("fieldValidation") == "Strict" and sub is None
+        schema = self.store.catalog.schemas.get(rt.key) if strict_fields else None
+
+        def checked(obj: Any) -> Any:
+            strict.check(rt, schema, obj)
+            return obj
+
         if method == "POST":
             if name is None and sub is None:
                 if rt.namespaced and ns is None:
                     raise errors.method_not_allowed()
-                return _json(self.store.create(rt, ns, data, dry_run=dry_run), 201)
+                return _json(self.store.create(rt, ns, checked(data), dry_run=dry_run), 201)
             if name and sub == "eviction":
                 return _json(self.controllers.evict(ns or "", name, data or {}), 201)
             if name and sub == "binding":
@@ -575,16 +619,31 @@ class KubeEmulator(kmock.KubernetesEmulator):
         if method == "PUT":
             return _json(
                 self.store.update(
-                    rt, ns, name, lambda _: data, scope=sub or "main", dry_run=dry_run
+                    rt, ns, name, lambda _: checked(data), scope=sub or "main", dry_run=dry_run
                 )
             )
         content_type = raw.headers.get("Content-Type", "")
+        if patches.is_apply(content_type):
+            applied = patches.parse_apply(data, await raw.read())
+            if sub is None and self.store.peek(rt, ns, name) is None:
+                body = {**applied, "metadata": {**(applied.get("metadata") or {}), "name": name}}
+                return _json(self.store.create(rt, ns, checked(body), dry_run=dry_run), 201)
+            return _json(
+                self.store.update(
+                    rt,
+                    ns,
+                    name,
+                    lambda current: checked(patches.apply_configuration(current, applied)),
+                    scope=sub or "main",
+                    dry_run=dry_run,
+                )
+            )
         return _json(
             self.store.update(
                 rt,
                 ns,
                 name,
-                lambda current: patches.apply_patch(rt, name, current, data, content_type),
+                lambda current: checked(patches.apply_patch(rt, name, current, data, content_type)),
                 scope=sub or "main",
                 dry_run=dry_run,
             )
@@ -747,6 +806,13 @@ class KubeEmulator(kmock.KubernetesEmulator):
             return current
 
         return self._scale_of(self.store.update(rt, namespace, name, mutate))
+
+    def _table(self, rt: ResourceType, objects: list[Obj], query: Mapping[str, str]) -> Obj:
+        crds = self.store.catalog.get("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+        crd = self.store.peek(crds, None, rt.display) if crds else None
+        columns = tables.printer_columns(crd, rt.version)
+        whole = query.get("includeObject") == "Object"
+        return tables.table(objects, columns, str(self.store.rv), whole)
 
     def _bind(self, namespace: str, name: str, body: Obj) -> Obj:
         target = (body.get("target") or {}).get("name")

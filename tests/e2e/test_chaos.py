@@ -1,0 +1,347 @@
+"""Chaos on the cluster: the operator keeps its promises while the API server goes
+away and comes back, watches expire, status writes conflict, a zone's nodes flap
+and a unit never turns Ready. docs/reliability.md says what each test does to the
+system and what it proved.
+
+The faults that concern the operator's own link to the API server are injected by
+a proxy in front of it (tests/e2e/faults.py), so they work on any cluster: the
+chart's operator replicas step aside for this module (scaled to 0) and the chart's
+operator command runs here as a local process, with the chart's flags, as the
+chart's ServiceAccount, through the proxy. Node and unit faults come from the
+simulated kubelets (SIGUSR1: their Nodes report NotReady; SIGUSR2: their Pods'
+readiness probes fail), as a flapping container runtime or a hung unit would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import yaml
+
+from tests.e2e.api import Api, Obj, model_path
+from tests.e2e.cluster import ZONES, Kubelets, Process, eventually
+from tests.e2e.conftest import Cluster, Install
+from tests.e2e.faults import ApiProxy, proxy_for, through
+from tests.tools import free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+UNIT_START_S = 240
+OUTAGE_S = 6.0  # shorter than the leader's renew deadline (10 s): it must keep the Lease
+ZONE_RECOVERY_S = 15.0  # the operator's zoneRecoverySeconds for this module
+UNIT_READY_TIMEOUT_S = 10.0  # the operator's unitReadyTimeoutSeconds for this module
+
+
+@dataclass
+class ChaosOperator:
+    process: Process
+    proxy: ApiProxy
+    metrics_port: int
+
+    def alive(self) -> bool:
+        return self.process.running
+
+    @property
+    def pid(self) -> int:
+        assert self.process.popen is not None
+        return self.process.popen.pid
+
+    def log(self) -> str:
+        return self.process.log.read_text(encoding="utf-8", errors="replace")
+
+    async def leader(self) -> float:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.metrics_port)
+        writer.write(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        body = (await reader.read()).decode()
+        writer.close()
+        for line in body.splitlines():
+            if line.startswith("vigil_operator_leader "):
+                return float(line.split()[1])
+        raise AssertionError("no vigil_operator_leader gauge")
+
+
+@pytest.fixture(scope="module")
+def sim(kubelets: Kubelets | None) -> Kubelets:
+    if kubelets is None:
+        pytest.skip("node and unit faults need simulated kubelets")
+    return kubelets
+
+
+async def _operator_deployment(kube: Api, install: Install) -> Obj:
+    found = await kube.get(
+        f"/apis/apps/v1/namespaces/{install.namespace}/deployments",
+        labelSelector="app.kubernetes.io/component=operator",
+    )
+    (deployment,) = found["items"]
+    return deployment
+
+
+async def _scale(kube: Api, deployment: Obj, replicas: int) -> None:
+    md = deployment["metadata"]
+    path = f"/apis/apps/v1/namespaces/{md['namespace']}/deployments/{md['name']}"
+    await kube.patch(path, {"spec": {"replicas": replicas}})
+
+    async def settled() -> bool:
+        pods = await kube.get(
+            f"/api/v1/namespaces/{md['namespace']}/pods",
+            labelSelector="app.kubernetes.io/component=operator",
+        )
+        assert len(pods["items"]) == replicas, [p["metadata"]["name"] for p in pods["items"]]
+        return True
+
+    await eventually(settled, 120, what=f"the chart's operator at {replicas} replicas")
+
+
+def _write(path: Path, data: Any) -> None:
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def operator(
+    cluster: Cluster, kube: Api, vigil: Install, sim: Kubelets
+) -> AsyncIterator[ChaosOperator]:
+    deployment = await _operator_deployment(kube, vigil)
+    replicas = int(deployment["spec"].get("replicas", 1))
+    template = deployment["spec"]["template"]["spec"]
+    container = template["containers"][0]
+    account = template.get("serviceAccountName", "default")
+    token_path = f"/api/v1/namespaces/{vigil.namespace}/serviceaccounts/{account}/token"
+    token = (await kube.create(token_path, {"spec": {"expirationSeconds": 3600}}))["status"][
+        "token"
+    ]
+    await _scale(kube, deployment, 0)
+
+    kubeconfig = yaml.safe_load(cluster.kubeconfig.read_text(encoding="utf-8"))
+    proxy = await proxy_for(kubeconfig).start()
+    mine = through(kubeconfig, proxy)
+    context = next(c for c in mine["contexts"] if c["name"] == mine["current-context"])
+    context["context"]["namespace"] = vigil.namespace
+    mine["users"] = [{"name": context["context"]["user"], "user": {"token": token}}]
+    path = cluster.workdir / "chaos-operator.kubeconfig"
+    _write(path, mine)
+
+    metrics_port, liveness_port = free_port(), free_port()
+    args = [
+        a
+        for a in container.get("args", [])
+        if not a.startswith(("--metrics-port", "--liveness-port"))
+    ]
+    args += [f"--metrics-port={metrics_port}", f"--liveness-port={liveness_port}"]
+    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    env.update(
+        KUBECONFIG=str(path),
+        VIGIL_ZONE_RECOVERY=str(ZONE_RECOVERY_S),
+        VIGIL_UNIT_READY_TIMEOUT=str(UNIT_READY_TIMEOUT_S),
+    )
+    vigil_command = str(Path(sys.executable).with_name("vigil"))
+    process = Process(
+        [vigil_command, *args], cluster.workdir / "chaos-operator.log", env=env
+    ).start()
+    chaos = ChaosOperator(process, proxy, metrics_port)
+    try:
+        await eventually(_leading(chaos), 60, what="the chaos operator leading")
+        yield chaos
+    finally:
+        process.stop()
+        await proxy.stop()
+        await _scale(kube, deployment, replicas)
+
+
+def _leading(chaos: ChaosOperator) -> Any:
+    async def check() -> bool:
+        assert chaos.alive(), chaos.log()[-2000:]
+        try:
+            return await chaos.leader() == 1.0
+        except OSError as e:
+            raise AssertionError(str(e)) from e
+
+    return check
+
+
+async def _create(kube: Api, namespace: str, name: str, artifact_uri: str, units: int) -> None:
+    body: Obj = {
+        "apiVersion": "vigil.dev/v1alpha1",
+        "kind": "Model",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"artifact": {"uri": artifact_uri}, "minUnits": units, "unit": {"gpus": 1}},
+    }
+    await kube.create(model_path(namespace), body)
+
+
+async def _model(kube: Api, namespace: str, name: str) -> Obj:
+    return await kube.get(model_path(namespace, name))
+
+
+def _hosted(kube: Api, namespace: str, name: str, units: int) -> Any:
+    async def check() -> Obj:
+        model = await _model(kube, namespace, name)
+        s = model.get("status") or {}
+        got = (s.get("phase"), s.get("desiredUnits"), s.get("inServiceUnits"))
+        assert got == ("Hosted", units, units), s
+        assert s.get("observedGeneration") == model["metadata"]["generation"], s
+        return s
+
+    check.__name__ = f"{name} Hosted with {units} units"
+    return check
+
+
+async def _replicas(kube: Api, namespace: str, name: str) -> dict[str, int]:
+    found = await kube.get(
+        f"/apis/apps/v1/namespaces/{namespace}/deployments", labelSelector=f"vigil.dev/model={name}"
+    )
+    return {
+        d["metadata"]["labels"]["vigil.dev/zone"]: int(d["spec"].get("replicas") or 0)
+        for d in found["items"]
+    }
+
+
+async def test_api_server_outage_while_scaling(
+    kube: Api, namespace: str, artifact_uri: str, operator: ChaosOperator
+) -> None:
+    """The API server goes away for OUTAGE_S right after a Model is scaled: the
+    operator survives, keeps its Lease, reconnects its watches and applies the change
+    it may never have seen an event for."""
+    await _create(kube, namespace, "outage", artifact_uri, 1)
+    await eventually(_hosted(kube, namespace, "outage", 1), UNIT_START_S)
+    pid = operator.pid
+    watches_before = sum(n for k, n in operator.proxy.requests.items() if k.startswith("GET"))
+    await kube.patch(model_path(namespace, "outage"), {"spec": {"minUnits": 2}})
+    await operator.proxy.down()
+    await asyncio.sleep(OUTAGE_S)  # the fault itself lasts this long
+    assert operator.alive(), operator.log()[-3000:]
+    await operator.proxy.up()
+    back = time.monotonic()
+    await eventually(_hosted(kube, namespace, "outage", 2), UNIT_START_S)
+    converged_s = time.monotonic() - back
+    assert operator.alive() and operator.pid == pid, "the operator restarted"
+    assert await operator.leader() == 1.0, "leadership lost over a short outage"
+    reads_after = sum(n for k, n in operator.proxy.requests.items() if k.startswith("GET"))
+    assert reads_after > watches_before  # it came back through the proxy
+    assert "Traceback" not in operator.log(), operator.log()[-3000:]
+    assert converged_s < UNIT_START_S
+
+
+async def test_watch_expiry_is_survived_by_a_relist(
+    kube: Api, namespace: str, operator: ChaosOperator
+) -> None:
+    """Every open watch gets 410 Expired: the operator relists and still sees the
+    next change."""
+    models = f"GET {model_path(namespace).split('/namespaces')[0]}/models"
+    lists_before = operator.proxy.requests[models] + sum(
+        n for k, n in operator.proxy.requests.items() if k.endswith("/models")
+    )
+    expired = await operator.proxy.expire_watches()
+    assert expired >= 3  # at least Models, Deployments and Pods were being watched
+    await kube.patch(model_path(namespace, "outage"), {"spec": {"minUnits": 1}})
+    await eventually(_hosted(kube, namespace, "outage", 1), 120)
+    lists_after = operator.proxy.requests[models] + sum(
+        n for k, n in operator.proxy.requests.items() if k.endswith("/models")
+    )
+    assert lists_after > lists_before, "no relist after 410"
+    assert operator.alive(), operator.log()[-3000:]
+
+
+async def test_a_burst_of_status_conflicts_is_retried_through(
+    kube: Api, namespace: str, operator: ChaosOperator
+) -> None:
+    """20 status writes in a row answered 409 Conflict: the operator retries until one
+    lands; the status catches up with the spec."""
+    path = model_path(namespace, "outage")
+    operator.proxy.conflict("PATCH", r"/models/outage/status$", times=20)
+    await kube.patch(path, {"spec": {"scaling": {"target": 0.5}}})
+    await eventually(_hosted(kube, namespace, "outage", 1), 120)
+    injected = sum(n for k, n in operator.proxy.injected.items() if k.startswith("409"))
+    assert injected == 20, operator.proxy.injected
+    assert operator.alive(), operator.log()[-3000:]
+    await kube.delete(path)
+
+
+async def test_a_flapping_zone_moves_units_once(
+    kube: Api, namespace: str, artifact_uri: str, operator: ChaosOperator, sim: Kubelets
+) -> None:
+    """A zone's nodes report NotReady and Ready every 3 s for 30 s (a flapping
+    container runtime): its units leave once and come back once, after its nodes have
+    stayed Ready zoneRecoverySeconds, never back and forth with the flaps."""
+    await _create(kube, namespace, "flap", artifact_uri, 3)
+    await eventually(_hosted(kube, namespace, "flap", 3), UNIT_START_S)
+    zone = ZONES[0]
+    seen: list[int] = []
+
+    async def record() -> None:
+        while True:
+            replicas = (await _replicas(kube, namespace, "flap")).get(zone, 0)
+            if not seen or seen[-1] != replicas:
+                seen.append(replicas)
+            await asyncio.sleep(0.5)
+
+    recorder = asyncio.create_task(record())
+    try:
+        for _ in range(10):  # 5 NotReady spells, each followed by Ready
+            sim.signal(zone, signal.SIGUSR1)
+            await asyncio.sleep(3)
+        await eventually(_hosted(kube, namespace, "flap", 3), ZONE_RECOVERY_S + UNIT_START_S)
+
+        async def returned() -> bool:
+            assert seen[-1] == 1, seen
+            return True
+
+        await eventually(returned, ZONE_RECOVERY_S + UNIT_START_S, what="units back in the zone")
+    finally:
+        recorder.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await recorder
+    moves = len(seen) - 1
+    assert seen[0] == 1 and moves <= 2, f"{zone} replicas went {seen}"
+    events = await kube.get(
+        f"/api/v1/namespaces/{namespace}/events",
+        fieldSelector="involvedObject.name=flap,reason=ZoneUnhealthy",
+    )
+    assert len(events["items"]) == 1, [e["message"] for e in events["items"]]
+    await kube.delete(model_path(namespace, "flap"))
+
+
+async def test_a_unit_that_never_turns_ready_is_reported_and_the_rest_serve(
+    kube: Api, namespace: str, artifact_uri: str, operator: ChaosOperator, sim: Kubelets
+) -> None:
+    """The units of one zone never pass their readiness probe: the Model is Hosted on
+    the other two, its status and a Warning Event name the stuck unit, and once the
+    unit turns Ready the report clears."""
+    zone = ZONES[2]
+    sim.signal(zone, signal.SIGUSR2)  # its Pods' readiness probes fail from now on
+    try:
+        await _create(kube, namespace, "stuck", artifact_uri, 3)
+
+        async def reported() -> Obj:
+            model = await _model(kube, namespace, "stuck")
+            s = model.get("status") or {}
+            assert (s.get("phase"), s.get("inServiceUnits")) == ("Hosted", 2), s
+            assert "not Ready" in s.get("message", ""), s
+            scaling = next(c for c in s["conditions"] if c["type"] == "Scaling")
+            assert scaling["reason"] == "UnitsNotReady", scaling
+            return s
+
+        s = await eventually(reported, UNIT_START_S + UNIT_READY_TIMEOUT_S, what="reported")
+        assert f"stuck-{zone}" in s["message"], s["message"]
+        events = await kube.get(
+            f"/api/v1/namespaces/{namespace}/events",
+            fieldSelector="involvedObject.name=stuck,reason=UnitsNotReady",
+        )
+        assert len(events["items"]) == 1, events["items"]
+        assert events["items"][0]["type"] == "Warning"
+    finally:
+        sim.signal(zone, signal.SIGUSR2)
+    await eventually(_hosted(kube, namespace, "stuck", 3), 120)
+    model = await _model(kube, namespace, "stuck")
+    scaling = next(c for c in model["status"]["conditions"] if c["type"] == "Scaling")
+    assert scaling["reason"] != "UnitsNotReady"
+    await kube.delete(model_path(namespace, "stuck"))
