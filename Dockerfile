@@ -33,6 +33,8 @@ RUN pip install grpcio-tools==1.85.1
 COPY pyproject.toml README.md ./
 COPY inference-server/ inference-server/
 COPY operator/ operator/
+COPY command/ command/
+COPY crds/ crds/
 RUN python -m grpc_tools.protoc -I inference-server/proto \
       --python_out=inference-server --pyi_out=inference-server \
       --grpc_python_out=inference-server inference-server/proto/vigil/v1/anomaly.proto \

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "inference-server"), str(ROOT / "operator")]
 
 from tests.integration.operator.emulator import KubeEmulator, OperatorProcess  # noqa: E402
-from tests.tools import free_port  # noqa: E402
+from vigil_operator.local.units import free_port  # noqa: E402
 
 NAMESPACE = "bench"
 
@@ -71,7 +71,7 @@ async def run(n: int, interval: float, steady_s: float, workdir: Path) -> dict[s
             [
                 sys.executable,
                 "-m",
-                "vigil_inference.cli",
+                "vigil_cli",
                 "operator",
                 "-n",
                 NAMESPACE,

@@ -34,7 +34,7 @@ from vigil_operator.local.api import ApiClient
 from vigil_operator.local.units import free_port
 
 OUT = Path("demo-out")
-VIGIL = [sys.executable, "-m", "vigil_inference.cli"]
+VIGIL = [sys.executable, "-m", "vigil_cli"]
 ZONES = ("zone-a", "zone-b", "zone-c")
 # Short windows so the demo takes minutes: the autoscaler averages over 10 s,
 # reacts to saturation over 3 s, and scales down after 20 s of low load.

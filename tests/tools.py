@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
+
+from vigil_operator.local import units
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ROOT / ".tools"
@@ -66,8 +67,4 @@ def require_monitoring_models() -> Path:
     return modules
 
 
-def free_port() -> int:
-    """A TCP port free on loopback now (tests bind it right after)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+free_port = units.free_port  # one helper: the local runtime's, which picks units' ports

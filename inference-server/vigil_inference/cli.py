@@ -1,14 +1,13 @@
-"""The `vigil` command. Subcommands import their heavy modules lazily, so
-`vigil detect` starts without torch and `vigil operator` without grpc's model
-code. Exit codes: 0 success, 2 usage, 1 anything else (message on stderr)."""
+"""The inference unit's subcommands of `vigil` (train, serve, detect). Each
+imports its heavy modules lazily, so `vigil detect` starts without torch;
+the parser and dispatch are `vigil_cli.main`'s."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 
 def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
@@ -100,34 +99,14 @@ def _add_detect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.set_defaults(func=_lazy("vigil_inference.client", "detect_command"))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vigil", description=__doc__.split(".")[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The unit's subcommands; `vigil_cli.main` owns the parser and the dispatch."""
     _add_train(sub)
     _add_serve(sub)
     _add_detect(sub)
-    try:  # the operator's commands, when that package is importable
-        from vigil_operator.cli import add_commands
-    except ImportError:
-        pass
-    else:
-        add_commands(sub)
-    return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        code: int = args.func(args)
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:  # one line for users; VIGIL_DEBUG=1 for the traceback
-        if os.environ.get("VIGIL_DEBUG"):
-            raise
-        print(f"vigil {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    return code
+if __name__ == "__main__":  # `python -m vigil_inference.cli`, as before: the same as `vigil`
+    from vigil_cli.main import main
 
-
-if __name__ == "__main__":
     sys.exit(main())

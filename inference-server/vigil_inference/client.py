@@ -17,11 +17,12 @@ import grpc
 from google.protobuf import json_format
 
 from vigil.v1 import anomaly_pb2, anomaly_pb2_grpc
+from vigil.v1.wire import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
 
 # Room for a large image out and a 4096x4096 mask back.
 _CHANNEL_OPTIONS: Final = [
-    ("grpc.max_send_message_length", 16 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", MAX_REQUEST_BYTES),
+    ("grpc.max_receive_message_length", MAX_RESPONSE_BYTES),
 ]
 
 

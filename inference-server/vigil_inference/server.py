@@ -29,17 +29,15 @@ from grpc_health.v1._async import HealthServicer  # public as health.aio; stubs 
 from grpc_reflection.v1alpha import reflection
 
 from vigil.v1 import anomaly_pb2, anomaly_pb2_grpc
+from vigil.v1.wire import MAX_REQUEST_BYTES, SERVICE_NAME
 from vigil_inference.batcher import Closed, DynamicBatcher, Overloaded
-from vigil_inference.images import MAX_IMAGE_BYTES, InvalidImage, inspect_image
+from vigil_inference.images import InvalidImage, inspect_image
 from vigil_inference.metrics import InferenceMetrics, MetricsServer
 from vigil_inference.model import AnomalyModel, Detection
 
 log = logging.getLogger("vigil.serve")
 
-SERVICE_NAME: Final = anomaly_pb2.DESCRIPTOR.services_by_name["AnomalyDetection"].full_name
-# Above the 8 MB image limit, so an oversized image gets our INVALID_ARGUMENT
-# message rather than a transport error; beyond this gRPC refuses it itself.
-MAX_MESSAGE_BYTES: Final = 2 * MAX_IMAGE_BYTES
+MAX_MESSAGE_BYTES: Final = MAX_REQUEST_BYTES  # beyond this gRPC refuses a request itself
 _SERVING: Final = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING: Final = health_pb2.HealthCheckResponse.NOT_SERVING
 

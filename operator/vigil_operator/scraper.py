@@ -11,9 +11,8 @@ from typing import Any
 import aiohttp
 
 from vigil_operator.core.autoscaling import Sample
-from vigil_operator.core.signal import UnitReading, parse_unit_metrics, unit_load
-
-METRICS_PORT = 8080
+from vigil_operator.core.manifests import METRICS_PORT
+from vigil_operator.core.unit_load import UnitReading, parse_unit_metrics, unit_load
 
 
 def pod_ready(pod: Mapping[str, Any]) -> bool:

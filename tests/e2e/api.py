@@ -2,7 +2,7 @@
 
 The client handles the kubeconfig (server, CA, token or client certificate);
 bodies stay dicts, as the API server sends them (the generated models refuse
-some objects real servers return, as ``vigil_operator.kube`` notes).
+some objects real servers return, as ``vigil_operator.cluster.kube`` notes).
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
+from vigil.v1.wire import SERVICE_NAME
+
 from .spec import GPU_RESOURCE, Artifact, ModelSpec
 from .zones import ZONE_LABEL, ZONE_POD_LABEL
 
@@ -21,7 +23,7 @@ GRPC_PORT: Final = 50051
 METRICS_PORT: Final = 8080
 MODEL_LABEL: Final = "vigil.dev/model"
 ARTIFACT_ANNOTATION: Final = "vigil.dev/artifact-uri"
-HEALTH_SERVICE: Final = "vigil.v1.AnomalyDetection"
+HEALTH_SERVICE: Final = SERVICE_NAME
 MODEL_DIR: Final = "/var/lib/vigil/model"
 CONTAINER: Final = "unit"
 # The server drains in-flight requests for 20 s after SIGTERM (its default
@@ -178,27 +180,15 @@ def _artifact_delivery(
     return [{"name": "model", "emptyDir": {}}], [mount], [fetch]
 
 
-def unit_deployment(
-    name: str,
-    namespace: str,
-    zone: str,
-    replicas: int,
+def _unit_container(
     spec: ModelSpec,
-    default_image: str,
-    default_resources: Defaults | None = None,
+    zone: str,
+    image: str,
+    mounts: list[dict[str, Any]],
+    default_resources: Defaults | None,
 ) -> dict[str, Any]:
-    """The Deployment running Model `name`'s units in `zone`.
-
-    Rolling updates add a unit before removing one (maxSurge 1, maxUnavailable 0).
-    Units drain on SIGTERM by themselves (health turns NOT_SERVING, in-flight
-    requests finish), so there is no preStop hook.
-    """
-    image = spec.unit.image or default_image
-    selector = zone_selector(name, zone)
-    labels = {**model_labels(name), ZONE_POD_LABEL: zone}
-    annotations = {ARTIFACT_ANNOTATION: spec.artifact.uri}
-    volumes, mounts, init = _artifact_delivery(spec.artifact, image)
-    container = {
+    """The unit container: `vigil serve` on the fixed ports, probed over gRPC health."""
+    return {
         "name": CONTAINER,
         "image": image,
         "command": [
@@ -229,6 +219,17 @@ def unit_deployment(
         "livenessProbe": _grpc_probe(period=10, failures=3, timeout=5),
         "securityContext": _container_security(),
     }
+
+
+def _unit_pod_spec(
+    spec: ModelSpec,
+    zone: str,
+    selector: Mapping[str, str],
+    container: dict[str, Any],
+    volumes: list[dict[str, Any]],
+    init: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Pinned to `zone` by node affinity, spread over its nodes, locked down."""
     affinity = {
         "nodeAffinity": {
             "requiredDuringSchedulingIgnoredDuringExecution": {
@@ -246,7 +247,7 @@ def unit_deployment(
                 "maxSkew": 1,
                 "topologyKey": "kubernetes.io/hostname",
                 "whenUnsatisfiable": "ScheduleAnyway",
-                "labelSelector": {"matchLabels": selector},
+                "labelSelector": {"matchLabels": dict(selector)},
             }
         ],
         "containers": [container],
@@ -268,6 +269,31 @@ def unit_deployment(
         pod_spec["nodeSelector"] = dict(spec.unit.node_selector)
     if spec.unit.tolerations:
         pod_spec["tolerations"] = [t.to_k8s() for t in spec.unit.tolerations]
+    return pod_spec
+
+
+def unit_deployment(
+    name: str,
+    namespace: str,
+    zone: str,
+    replicas: int,
+    spec: ModelSpec,
+    default_image: str,
+    default_resources: Defaults | None = None,
+) -> dict[str, Any]:
+    """The Deployment running Model `name`'s units in `zone`.
+
+    Rolling updates add a unit before removing one (maxSurge 1, maxUnavailable 0).
+    Units drain on SIGTERM by themselves (health turns NOT_SERVING, in-flight
+    requests finish), so there is no preStop hook.
+    """
+    image = spec.unit.image or default_image
+    selector = zone_selector(name, zone)
+    labels = {**model_labels(name), ZONE_POD_LABEL: zone}
+    annotations = {ARTIFACT_ANNOTATION: spec.artifact.uri}
+    volumes, mounts, init = _artifact_delivery(spec.artifact, image)
+    container = _unit_container(spec, zone, image, mounts, default_resources)
+    pod_spec = _unit_pod_spec(spec, zone, selector, container, volumes, init)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

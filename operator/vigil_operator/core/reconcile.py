@@ -10,14 +10,21 @@ emit; the shell only does the I/O.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from .manifests import pod_disruption_budget, service, unit_deployment
 from .placement import plan_replicas, remainder_order, spread
 from .spec import ModelSpec, SpecError, parse_spec, validate_name
-from .status import UNIT_READY_TIMEOUT_S, Event, build_status, event_messages, unit_problems
+from .status import (
+    UNIT_READY_TIMEOUT_S,
+    Event,
+    StatusFacts,
+    build_status,
+    event_messages,
+    unit_problems,
+)
 from .zones import (
     UNSCHEDULABLE_TIMEOUT_S,
     ZONE_POD_LABEL,
@@ -96,41 +103,30 @@ def reconcile(
     generation = int(meta.get("generation") or 0)
     previous: Mapping[str, Any] = body.get("status") or {}
     replicas, ready, names = deployment_counts(observed.deployments)
+    facts = StatusFacts(  # as an invalid spec leaves it; a valid one fills in the rest
+        name=name,
+        namespace=namespace,
+        generation=generation,
+        spec=None,
+        zones=[],
+        desired_units=int(previous.get("desiredUnits") or 0),
+        target={},
+        replicas=replicas,
+        ready=ready,
+        previous=previous,
+        now=now,
+        cluster_domain=cluster_domain,
+    )
     try:
         validate_name(name)
         spec = parse_spec(body.get("spec") or {})
     except SpecError as exc:
-        status = build_status(
-            name=name,
-            namespace=namespace,
-            generation=generation,
-            spec=None,
-            zones=[],
-            desired_units=int(previous.get("desiredUnits") or 0),
-            target={},
-            replicas=replicas,
-            ready=ready,
-            previous=previous,
-            now=now,
-            error=str(exc),
-            cluster_domain=cluster_domain,
-        )
+        status = build_status(replace(facts, error=str(exc)))
         return Outcome(None, status, event_messages(previous, status, scaling_reason))
 
     wish = desired_units if desired_units is not None else previous.get("desiredUnits")
     desired = spec.clamp(int(wish) if wish is not None else spec.min_units)
-    stuck = unschedulable_units(observed.pods, now)
-    was_healthy = {str(z.get("name")): bool(z.get("healthy")) for z in previous.get("zones") or []}
-    zones = zone_health(
-        observed.nodes,
-        spec.unit,
-        spec.zones,
-        stuck,
-        unschedulable_timeout_s,
-        was_healthy=was_healthy,
-        now=now,
-        recovery_s=zone_recovery_s,
-    )
+    zones = _zones(spec, observed, previous, now, unschedulable_timeout_s, zone_recovery_s)
     order = remainder_order([z.name for z in zones], f"{namespace}/{name}")
     target = spread(desired, order, {z.name for z in zones if z.healthy})
     plan = plan_replicas(target, replicas, ready, floor=desired)
@@ -141,25 +137,50 @@ def reconcile(
         if zone in target or plan[zone] > 0
     ]
     apply += [service(name, namespace), pod_disruption_budget(name, namespace, spec.floor)]
-    delete = sorted(names[z] for z in plan if z not in target and plan[z] == 0 and z in names)
+    delete = _emptied(plan, target, names)
     status = build_status(
-        name=name,
-        namespace=namespace,
-        generation=generation,
-        spec=spec,
-        zones=zones,
-        desired_units=desired,
-        target=target,
-        replicas=plan,
-        ready=ready,
-        previous=previous,
-        now=now,
-        problems=unit_problems(observed.pods, now=now, ready_timeout_s=unit_ready_timeout_s),
-        pods_left=_pods_left(observed.pods),
-        cluster_domain=cluster_domain,
+        replace(
+            facts,
+            spec=spec,
+            zones=zones,
+            desired_units=desired,
+            target=target,
+            replicas=plan,
+            problems=unit_problems(observed.pods, now=now, ready_timeout_s=unit_ready_timeout_s),
+            pods_left=_pods_left(observed.pods),
+        )
     )
     events = event_messages(previous, status, scaling_reason)
     return Outcome(spec, status, events, apply, delete, zones, target, plan)
+
+
+def _zones(
+    spec: ModelSpec,
+    observed: Observed,
+    previous: Mapping[str, Any],
+    now: datetime,
+    unschedulable_timeout_s: float,
+    recovery_s: float,
+) -> list[ZoneHealth]:
+    """The Model's eligible zones and their health, damped by the last status's."""
+    was_healthy = {str(z.get("name")): bool(z.get("healthy")) for z in previous.get("zones") or []}
+    return zone_health(
+        observed.nodes,
+        spec.unit,
+        spec.zones,
+        unschedulable_units(observed.pods, now),
+        unschedulable_timeout_s,
+        was_healthy=was_healthy,
+        now=now,
+        recovery_s=recovery_s,
+    )
+
+
+def _emptied(
+    plan: Mapping[str, int], target: Mapping[str, int], names: Mapping[str, str]
+) -> list[str]:
+    """Deployments of zones that left the placement and have drained to 0."""
+    return sorted(names[z] for z in plan if z not in target and plan[z] == 0 and z in names)
 
 
 def _pods_left(pods: Sequence[Mapping[str, Any]]) -> int:

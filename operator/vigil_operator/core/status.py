@@ -194,25 +194,9 @@ def _zone_note(zones: Sequence[ZoneHealth]) -> str:
     return f"zone{'s' if len(bad) > 1 else ''} unhealthy: {listed}"
 
 
-def build_status(
-    *,
-    name: str,
-    namespace: str,
-    generation: int,
-    spec: ModelSpec | None,
-    zones: Sequence[ZoneHealth],
-    desired_units: int,
-    target: Mapping[str, int],
-    replicas: Mapping[str, int],
-    ready: Mapping[str, int],
-    previous: Mapping[str, Any] | None,
-    now: datetime,
-    error: str = "",
-    problems: Sequence[str] = (),
-    pods_left: int = 0,
-    cluster_domain: str = "cluster.local",
-) -> dict[str, Any]:
-    """The status subresource for a Model.
+@dataclass(frozen=True)
+class StatusFacts:
+    """What a Model's status is built from, as one reconcile saw it.
 
     `target` is the placement (units wanted per zone), `replicas` what the zones'
     Deployments are set to, `ready` their Ready units; `error` a SpecError's
@@ -220,113 +204,107 @@ def build_status(
     unit Pods that still exist (Stopped waits for none); `previous` the status as
     last written, for lastTransitionTime and the Hosted phase.
     """
-    previous = previous or {}
-    in_service = sum(ready.values())
-    running_units = sum(replicas.values())
-    note = _zone_note(zones)
-    placed = len([z for z in target if target[z] > 0])
-    if error or spec is None:
-        phase, message = FAILED, error or "invalid spec"
-    elif not spec.running:
-        left = max(running_units, in_service, pods_left)
+
+    name: str
+    namespace: str
+    generation: int
+    spec: ModelSpec | None
+    zones: Sequence[ZoneHealth]
+    desired_units: int
+    target: Mapping[str, int]
+    replicas: Mapping[str, int]
+    ready: Mapping[str, int]
+    previous: Mapping[str, Any]
+    now: datetime
+    error: str = ""
+    problems: Sequence[str] = ()
+    pods_left: int = 0
+    cluster_domain: str = "cluster.local"
+
+    @property
+    def in_service(self) -> int:
+        return sum(self.ready.values())
+
+
+def _phase(f: StatusFacts) -> tuple[str, str]:
+    """The phase and its message, before the zones' note."""
+    if f.error or f.spec is None:
+        return FAILED, f.error or "invalid spec"
+    if not f.spec.running:
+        left = max(sum(f.replicas.values()), f.in_service, f.pods_left)
         if left == 0:
-            phase, message = STOPPED, "stopped: no units running"
-        else:
-            phase, message = STOPPING, f"stopping: {_plural(left)} left"
-    else:
-        counts = f"{in_service}/{desired_units} units in service"
-        stuck = f"units cannot start: {'; '.join(problems)}"
-        if desired_units > 0 and in_service >= desired_units:
-            phase, message = HOSTED, f"{counts} in {_plural(placed, 'zone')}"
-        elif in_service > 0 and problems:
-            phase, message = HOSTED, f"{counts}; {stuck}"
-        elif in_service > 0 and previous.get("phase") == HOSTED:
-            phase, message = HOSTED, f"{counts}, scaling"
-        elif problems:
-            phase, message = FAILED, stuck
-        else:
-            phase, message = STARTING, f"starting: {counts}"
-        if note:
-            message = f"{message}; {note}"
-    old = previous.get("conditions") or []
+            return STOPPED, "stopped: no units running"
+        return STOPPING, f"stopping: {_plural(left)} left"
+    placed = len([z for z in f.target if f.target[z] > 0])
+    counts = f"{f.in_service}/{f.desired_units} units in service"
+    stuck = f"units cannot start: {'; '.join(f.problems)}"
+    if f.desired_units > 0 and f.in_service >= f.desired_units:
+        return HOSTED, f"{counts} in {_plural(placed, 'zone')}"
+    if f.in_service > 0 and f.problems:
+        return HOSTED, f"{counts}; {stuck}"
+    if f.in_service > 0 and f.previous.get("phase") == HOSTED:
+        return HOSTED, f"{counts}, scaling"
+    if f.problems:
+        return FAILED, stuck
+    return STARTING, f"starting: {counts}"
+
+
+def build_status(f: StatusFacts) -> dict[str, Any]:
+    """The status subresource for a Model."""
+    phase, message = _phase(f)
+    note = _zone_note(f.zones)
+    if note and f.spec is not None and not f.error and f.spec.running:
+        message = f"{message}; {note}"
+    old = f.previous.get("conditions") or []
     return {
         "phase": phase,
         "message": message,
-        "desiredUnits": desired_units,
-        "inServiceUnits": in_service,
-        "zones": _zones_status(zones, target, replicas, ready),
-        "endpoint": endpoint(name, namespace, cluster_domain),
-        "observedGeneration": generation,
+        "desiredUnits": f.desired_units,
+        "inServiceUnits": f.in_service,
+        "zones": _zones_status(f.zones, f.target, f.replicas, f.ready),
+        "endpoint": endpoint(f.name, f.namespace, f.cluster_domain),
+        "observedGeneration": f.generation,
         "conditions": [
-            condition(old, "Ready", phase == HOSTED, phase, message, generation, now),
-            _scaling(
-                spec,
-                error,
-                desired_units,
-                in_service,
-                target,
-                replicas,
-                old,
-                generation,
-                now,
-                problems,
-            ),
-            _degraded(spec, error, zones, note, old, generation, now),
+            condition(old, "Ready", phase == HOSTED, phase, message, f.generation, f.now),
+            _scaling(f, old),
+            _degraded(f, note, old),
         ],
     }
 
 
-def _scaling(
-    spec: ModelSpec | None,
-    error: str,
-    desired: int,
-    in_service: int,
-    target: Mapping[str, int],
-    replicas: Mapping[str, int],
-    old: Sequence[Mapping[str, Any]],
-    generation: int,
-    now: datetime,
-    problems: Sequence[str] = (),
-) -> dict[str, Any]:
-    if error or spec is None:
+def _scaling(f: StatusFacts, old: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    in_service, desired = f.in_service, f.desired_units
+    if f.error or f.spec is None:
         args = (False, "InvalidSpec", "not scaling: the spec is invalid")
-    elif in_service < desired and problems:
+    elif in_service < desired and f.problems:
         args = (
             True,
             UNITS_NOT_READY,
-            f"bringing units into service: {in_service}/{desired}; {'; '.join(problems)}",
+            f"bringing units into service: {in_service}/{desired}; {'; '.join(f.problems)}",
         )
     elif in_service < desired:
         args = (True, "ScalingUp", f"bringing units into service: {in_service}/{desired}")
     elif in_service > desired:
         args = (True, "ScalingDown", f"removing units: {in_service} in service, {desired} desired")
-    elif not converged(target, replicas):
+    elif not converged(f.target, f.replicas):
         args = (True, "Rebalancing", "moving units between zones, surge first")
     else:
         args = (False, "Steady", f"{_plural(desired)} in service as placed")
-    return condition(old, "Scaling", *args, generation, now)
+    return condition(old, "Scaling", *args, f.generation, f.now)
 
 
-def _degraded(
-    spec: ModelSpec | None,
-    error: str,
-    zones: Sequence[ZoneHealth],
-    note: str,
-    old: Sequence[Mapping[str, Any]],
-    generation: int,
-    now: datetime,
-) -> dict[str, Any]:
-    if error or spec is None or not spec.running:
+def _degraded(f: StatusFacts, note: str, old: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    if f.error or f.spec is None or not f.spec.running:
         args = (False, "NotRunning", "zones are not watched while the model does not run")
-    elif not zones:
+    elif not f.zones:
         args = (True, "NoEligibleZone", note)
-    elif all(not z.healthy for z in zones):
+    elif all(not z.healthy for z in f.zones):
         args = (True, "NoHealthyZone", note)
     elif note:
         args = (True, "ZoneUnhealthy", note)
     else:
-        args = (False, "AllZonesHealthy", f"{_plural(len(zones), 'zone')} healthy")
-    return condition(old, "ZoneDegraded", *args, generation, now)
+        args = (False, "AllZonesHealthy", f"{_plural(len(f.zones), 'zone')} healthy")
+    return condition(old, "ZoneDegraded", *args, f.generation, f.now)
 
 
 def event_messages(

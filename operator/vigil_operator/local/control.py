@@ -1,13 +1,13 @@
-"""The local shell: what the kopf handlers do against Kubernetes, done against
-local processes.
+"""The local shell: the per-Model `controller.Controller` against local processes.
 
-Per Model, a timer loop reconciles every `reconcile_interval_s` (and at once
-when a unit becomes Ready, stops being Ready or exits, as the operator's
-Deployment-event handler does), and an autoscaler loop scrapes the Ready
-units' /metrics every `scrape_interval_s`, runs the policy and reconciles on
-a change. A reconcile describes the local world to `core.reconcile` (see
-`world`), takes its answer (replicas per zone, status, Events), and plays the
-Deployment controller to start and stop unit processes (see `deployments`).
+Per Model (`LocalModel`, the controller's `World` here), a timer loop
+reconciles every `reconcile_interval_s` (and at once when a unit becomes
+Ready, stops being Ready or exits, as the operator's Deployment-event handler
+does), and an autoscaler loop runs the controller's autoscaler tick every
+`scrape_interval_s`. The world describes its zones and units to the core as
+Nodes and Pods (see `world`), takes the plan (replicas per zone), and plays
+the Deployment controller to start and stop unit processes (see
+`deployments`).
 """
 
 from __future__ import annotations
@@ -16,12 +16,9 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Final
 from wsgiref.simple_server import WSGIServer
 
@@ -29,42 +26,25 @@ import aiohttp
 import grpc
 from prometheus_client import start_http_server
 
-from vigil_operator.config import OperatorConfig
-from vigil_operator.core.autoscaling import ScalingState, autoscale, policy_for
+from vigil_operator.controller import Controller
+from vigil_operator.core.autoscaling import ScalingState
 from vigil_operator.core.manifests import deployment_name
-from vigil_operator.core.reconcile import Outcome, reconcile
-from vigil_operator.core.spec import SpecError, parse_spec
-from vigil_operator.core.status import format_time
-from vigil_operator.core.zones import ZONE_POD_LABEL
+from vigil_operator.core.reconcile import Observed, Outcome
+from vigil_operator.core.spec import ModelSpec
+from vigil_operator.core.status import Event, format_time
 from vigil_operator.local import world
 from vigil_operator.local.deployments import Replica, plan_zone
 from vigil_operator.local.documents import artifact_file
 from vigil_operator.local.proxy import Backend, ClientEndpoint, RouteError
+from vigil_operator.local.settings import LOCAL_IMAGE, LocalConfig
 from vigil_operator.local.store import Invalid, Key, ModelStore, key_of
 from vigil_operator.local.units import Launch, Unit, Zones
 from vigil_operator.metrics import OperatorMetrics
-from vigil_operator.scraper import UnitScraper, pod_ready
+from vigil_operator.scraper import UnitScraper
 
 log = logging.getLogger("vigil.local")
 
-DEFAULT_ZONES: Final = ("zone-a", "zone-b", "zone-c")
-LOCAL_IMAGE: Final = "local"  # units are processes here; the core still names an image
 _NAME_CHARS: Final = "bcdfghjklmnpqrstvwxz2456789"  # as Kubernetes' generated names
-
-
-@dataclass(frozen=True)
-class LocalConfig:
-    zones: tuple[str, ...] = DEFAULT_ZONES
-    host: str = "127.0.0.1"  # client endpoint and metrics
-    port: int = 50051
-    metrics_port: int = 8080
-    state_dir: Path = Path(".vigil-local")
-    grace_s: float = 15.0
-    serve_args: tuple[str, ...] = ()
-    serving_nice: int = 0  # see units.Launch
-    operator: OperatorConfig = field(
-        default_factory=lambda: OperatorConfig(reconcile_interval_s=1.0)
-    )
 
 
 def unit_status(unit: Unit) -> str:
@@ -78,8 +58,9 @@ def unit_status(unit: Unit) -> str:
     return unit.phase
 
 
-class ModelController:
-    """One Model's loops, zone Deployments (replicas per zone) and units."""
+class LocalModel:
+    """One Model's world: its zone Deployments (replicas per zone) and unit
+    processes, and its loops, which drive the shared `controller.Controller`."""
 
     def __init__(self, runtime: LocalRuntime, key: Key) -> None:
         self.runtime, self.key = runtime, key
@@ -87,7 +68,6 @@ class ModelController:
         self.template = ""  # the artifact path units run
         self.units: dict[str, Unit] = {}
         self.events: deque[dict[str, str]] = deque(maxlen=100)
-        self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping: set[asyncio.Task[None]] = set()
@@ -111,9 +91,6 @@ class ModelController:
     def views(self) -> list[world.UnitView]:
         return [u.view() for u in self.units.values()]
 
-    def pods(self) -> list[dict[str, Any]]:
-        return [world.pod(v, self.key[1], self.key[0]) for v in self.views()]
-
     # -- the loops -----------------------------------------------------------
 
     async def _timer(self) -> None:
@@ -128,115 +105,67 @@ class ModelController:
                 log.exception("reconcile of %s/%s failed", *self.key)
 
     async def _autoscaler(self) -> None:
-        cfg = self.runtime.config.operator
+        controller = self.runtime.controller
         scraper = UnitScraper(self.runtime.session)
         state = ScalingState()
         while True:
             try:
-                state = await self._autoscale_once(scraper, state, cfg)
+                state = await controller.autoscale(self.key, self, scraper, state)
             except Exception:
                 log.exception("autoscaling of %s/%s failed", *self.key)
-            await asyncio.sleep(cfg.scrape_interval_s)
+            await asyncio.sleep(controller.settings.scrape_interval_s)
 
-    async def _autoscale_once(
-        self, scraper: UnitScraper, state: ScalingState, cfg: OperatorConfig
-    ) -> ScalingState:
-        """As the operator's autoscaler daemon: scrape, decide, reconcile on a change."""
-        try:
-            spec = parse_spec(self.body.get("spec") or {})
-        except SpecError:
-            return ScalingState()
-        policy = policy_for(
-            spec, stable_window_s=cfg.stable_window_s, panic_window_s=cfg.panic_window_s
+    async def reconcile(self) -> Outcome | None:
+        return await self.runtime.controller.reconcile(self.key, self)
+
+    # -- the World the controller reads and writes -----------------------------
+
+    def current(self) -> Mapping[str, Any] | None:
+        return self.runtime.store.get(self.key)
+
+    async def read_model(self) -> Mapping[str, Any] | None:
+        return self.runtime.store.get(self.key)
+
+    def observe(self, spec: ModelSpec | None) -> Observed:
+        zones = self.runtime.zones.health()
+        return world.observe(self.key[1], self.key[0], zones, self.replicas, self.views(), spec)
+
+    def unit_pods(self) -> Sequence[Mapping[str, Any]]:
+        return [world.pod(v, self.key[1], self.key[0]) for v in self.views()]
+
+    def status_fields(self) -> Mapping[str, Any]:
+        return {"endpoint": self.runtime.client_address}
+
+    async def write_status(self, status: Mapping[str, Any]) -> None:
+        self.runtime.store.set_status(self.key, dict(status))
+
+    def emit(self, body: Mapping[str, Any], event: Event) -> None:
+        self.events.append(
+            {
+                "time": format_time(datetime.now(UTC)),
+                "type": event.type,
+                "reason": event.reason,
+                "message": event.message,
+            }
         )
-        if policy is None:
-            return ScalingState()  # no autoscaling: minUnits (or 0) rules
-        pods = self.pods()
-        ready = sum(pod_ready(p) for p in pods)
-        if state.desired is None:
-            last = int((self.body.get("status") or {}).get("desiredUnits") or 0)
-            state = replace(state, desired=last or None)
-        sample = await scraper.sample(pods, policy.metric)
-        decision, state = autoscale(policy, state, sample, time.monotonic(), ready)
-        if decision.load is not None:
-            self.runtime.metrics.models.observe_load(self.key, policy.metric, decision.load)
-        if decision.changed:  # the reconcile's ScaledUp/ScaledDown Event logs the reason
-            await self.reconcile(decision.desired, decision.reason)
-        return state
+        level = logging.WARNING if event.type == "Warning" else logging.INFO
+        log.log(level, "%s/%s %s: %s", *self.key, event.reason, event.message)
 
-    # -- one reconcile ---------------------------------------------------------
+    def note(self, message: str) -> None:
+        log.debug("%s/%s %s", *self.key, message)
 
-    async def reconcile(self, desired: int | None = None, reason: str = "") -> Outcome | None:
-        async with self._lock:
-            body = self.runtime.store.get(self.key)
-            if body is None:
-                return None
-            started = time.perf_counter()
-            try:
-                spec = parse_spec(body.get("spec") or {})
-            except SpecError:
-                spec = None
-            observed = world.observe(
-                self.key[1],
-                self.key[0],
-                self.runtime.zones.health(),
-                self.replicas,
-                self.views(),
-                spec,
-            )
-            outcome = reconcile(
-                body,
-                observed,
-                now=datetime.now(UTC),
-                default_image=LOCAL_IMAGE,
-                unschedulable_timeout_s=self.runtime.config.operator.unschedulable_timeout_s,
-                desired_units=desired,
-                scaling_reason=reason,
-            )
-            self._apply(outcome)
-            previous = body.get("status") or {}
-            status = {**outcome.status, "endpoint": self.runtime.client_address}
-            if status != previous:
-                self.runtime.store.set_status(self.key, status)
-            for event in outcome.events:
-                self.events.append(
-                    {
-                        "time": format_time(datetime.now(UTC)),
-                        "type": event.type,
-                        "reason": event.reason,
-                        "message": event.message,
-                    }
-                )
-                level = logging.WARNING if event.type == "Warning" else logging.INFO
-                log.log(level, "%s/%s %s: %s", *self.key, event.reason, event.message)
-            self._record(previous, outcome)
-            self.runtime.metrics.reconcile_duration.observe(time.perf_counter() - started)
-            return outcome
-
-    def _record(self, previous: Mapping[str, Any], outcome: Outcome) -> None:
-        """The operator's series for this Model (as the kopf shell records them)."""
-        spec, models = outcome.spec, self.runtime.metrics.models
-        low = spec.min_units if spec else 0
-        high = spec.ceiling if spec else 0
-        models.update(self.key, outcome.status, low, high)
-        before, after = previous.get("desiredUnits"), outcome.status.get("desiredUnits")
-        if before is not None and after is not None and before != after:
-            models.count_decision(self.key, "up" if after > before else "down")
-
-    def _apply(self, outcome: Outcome) -> None:
-        """Set the zones' replicas as the core says, then start and stop units.
+    async def apply(self, body: Mapping[str, Any], outcome: Outcome) -> None:
+        """Set the zones' replicas to the core's plan, then start and stop units.
         The Service and PodDisruptionBudget have local stand-ins: the client
         endpoint, and the surge-first replicas the core already plans."""
         if outcome.spec is None:
             return  # an invalid spec: units already serving keep serving
         self.template = artifact_file(outcome.spec.artifact.uri)
-        for obj in outcome.apply:
-            if obj.get("kind") == "Deployment":
-                zone = obj["metadata"]["labels"][ZONE_POD_LABEL]
-                self.replicas[zone] = int(obj["spec"]["replicas"])
-        for name in outcome.delete_deployments:
-            for zone in [z for z in self.replicas if deployment_name(self.key[1], z) == name]:
-                del self.replicas[zone]
+        for zone, replicas in outcome.replicas.items():
+            if zone in outcome.target or replicas > 0:
+                self.replicas[zone] = replicas  # the zone's Deployment, applied
+            else:
+                self.replicas.pop(zone, None)  # its Deployment, deleted
         self._sync()
 
     def _sync(self) -> None:
@@ -291,7 +220,7 @@ class ModelController:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        async with self._lock:
+        async with self.runtime.controller.locks.setdefault(self.key, asyncio.Lock()):
             for unit in list(self.units.values()):
                 self._delete_unit(unit, grace_s)
         while self._stopping:
@@ -306,6 +235,7 @@ class LocalRuntime:
         self.store = store
         self.zones = Zones(config.zones)
         self.metrics = OperatorMetrics()
+        self.controller = Controller(config.operator, self.metrics, default_image=LOCAL_IMAGE)
         self.endpoint = ClientEndpoint(self.route, self.metrics.registry)
         self.launch = Launch(
             log_dir=config.state_dir / "logs",
@@ -313,7 +243,7 @@ class LocalRuntime:
             extra_args=config.serve_args,
             serving_nice=config.serving_nice,
         )
-        self.controllers: dict[Key, ModelController] = {}
+        self.controllers: dict[Key, LocalModel] = {}
         self.client_address = f"{config.host}:{config.port}"
         self._session: aiohttp.ClientSession | None = None
         self._metrics_server: WSGIServer | None = None
@@ -363,10 +293,10 @@ class LocalRuntime:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
 
-    def _controller(self, key: Key) -> ModelController:
+    def _controller(self, key: Key) -> LocalModel:
         ctrl = self.controllers.get(key)
         if ctrl is None:
-            ctrl = self.controllers[key] = ModelController(self, key)
+            ctrl = self.controllers[key] = LocalModel(self, key)
             ctrl.start()
         return ctrl
 
@@ -389,7 +319,7 @@ class LocalRuntime:
         ctrl = self.controllers.pop(key, None)
         if ctrl is not None:
             await ctrl.shutdown()
-        self.metrics.models.forget(key)
+        self.controller.forget(key)
         self.endpoint.forget(key)
         log.info("model %s/%s deleted", *key)
         return True

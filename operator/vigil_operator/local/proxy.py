@@ -25,15 +25,13 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from vigil.v1 import anomaly_pb2
+from vigil.v1.wire import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, SERVICE_NAME
 
-SERVICE_NAME: Final = anomaly_pb2.DESCRIPTOR.services_by_name["AnomalyDetection"].full_name
 METHODS: Final = ("DetectAnomalies", "DescribeModel")
 MODEL_METADATA: Final = "vigil-model"
-MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024  # as a unit accepts
 _UNIT_CHANNEL_OPTIONS: Final = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),  # masks come back large
+    ("grpc.max_send_message_length", MAX_REQUEST_BYTES),
+    ("grpc.max_receive_message_length", MAX_RESPONSE_BYTES),
 ]
 _SERVING: Final = health_pb2.HealthCheckResponse.SERVING
 Key = tuple[str, str]
@@ -116,7 +114,7 @@ class ClientEndpoint:
         """Build the server on `address` (not started); returns the bound port."""
         server = grpc.aio.server(
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                 ("grpc.so_reuseport", 0),
             ]
         )

@@ -48,11 +48,9 @@ class Invalid(ValueError):
 
 
 def crd_path() -> Path:
-    """The CRD: $VIGIL_CRD, else crds/ in the source tree this package runs from."""
-    env = os.environ.get("VIGIL_CRD")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3] / "crds" / CRD_FILE
+    """The CRD, shipped as the package's data (`vigil_operator/crds/`, a link to
+    the repository's crds/ in the source tree)."""
+    return Path(__file__).resolve().parents[1] / "crds" / CRD_FILE
 
 
 def load_validator(path: Path | None = None) -> ModelValidator:
@@ -61,8 +59,7 @@ def load_validator(path: Path | None = None) -> ModelValidator:
         crd = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise RuntimeError(
-            f"cannot read the Model CRD at {path} ({exc.strerror}); set VIGIL_CRD to "
-            f"crds/{CRD_FILE}"
+            f"cannot read the Model CRD at {path} ({exc.strerror}); reinstall vigil"
         ) from None
     return ModelValidator(crd)
 

@@ -142,7 +142,7 @@ class Launch:
         return [
             self.python,
             "-m",
-            "vigil_inference.cli",
+            "vigil_cli",
             "serve",
             "--model",
             model,

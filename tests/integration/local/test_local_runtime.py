@@ -25,13 +25,13 @@ from typing import Any
 import grpc
 import pytest
 
+from tests.tools import free_port
 from vigil.v1 import anomaly_pb2, anomaly_pb2_grpc
 from vigil_operator.local.api import ApiClient
-from vigil_operator.local.units import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 
-VIGIL = [sys.executable, "-m", "vigil_inference.cli"]
+VIGIL = [sys.executable, "-m", "vigil_cli"]
 WINDOWS = {"VIGIL_SCRAPE_INTERVAL": "0.5", "VIGIL_STABLE_WINDOW": "4", "VIGIL_PANIC_WINDOW": "1.5"}
 MODEL_YAML = """\
 apiVersion: vigil.dev/v1alpha1

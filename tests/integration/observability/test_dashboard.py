@@ -83,7 +83,7 @@ class Units:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "vigil_inference.cli",
+                "vigil_cli",
                 *command[1:],
                 "--host",
                 ip,
@@ -240,7 +240,7 @@ async def test_every_panel_query_returns_series_from_a_live_operator_and_unit(
         [
             sys.executable,
             "-m",
-            "vigil_inference.cli",
+            "vigil_cli",
             "operator",
             f"--namespace={kube_namespace}",
             f"--metrics-port={metrics_port}",

@@ -66,7 +66,7 @@ class Replica:
             [
                 sys.executable,
                 "-m",
-                "vigil_inference.cli",
+                "vigil_cli",
                 "operator",
                 f"--namespace={namespace}",
                 f"--metrics-port={self.metrics_port}",

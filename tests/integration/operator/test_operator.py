@@ -47,7 +47,7 @@ class Operator:
             [
                 sys.executable,
                 "-m",
-                "vigil_inference.cli",
+                "vigil_cli",
                 "operator",
                 "--namespace",
                 namespace,

@@ -20,7 +20,7 @@ import yaml
 
 from tests.tools import ROOT, require, require_monitoring_models
 from tests.unit.chart.conftest import ALL_ON, CHART, NAMESPACE, Render, find, one, run_helm
-from vigil_inference.cli import build_parser
+from vigil_cli.main import build_parser
 from vigil_operator.core import manifests
 from vigil_operator.core.spec import parse_spec
 
@@ -425,11 +425,11 @@ def test_service_monitor_scrapes_the_operator_metrics_service(render: Render, he
 
 
 def test_unit_default_resources_reach_the_units_the_operator_builds(
-    render: Render, monkeypatch: pytest.MonkeyPatch
+    render: Render,
 ) -> None:
     """values.unit.resources -> VIGIL_UNIT_RESOURCES -> the operator's config -> the
     unit Deployment, for the resources a Model leaves unnamed."""
-    from vigil_operator.config import OperatorConfig
+    from vigil_operator.settings import OperatorSettings
 
     values = {
         "unit": {
@@ -439,8 +439,7 @@ def test_unit_default_resources_reach_the_units_the_operator_builds(
     deployment = one(render(values), "Deployment")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    monkeypatch.setenv("VIGIL_UNIT_RESOURCES", env["VIGIL_UNIT_RESOURCES"])
-    config = OperatorConfig.from_env()
+    config = OperatorSettings.from_env({k: v for k, v in env.items() if v is not None})
     model = parse_spec(
         {
             "artifact": {"uri": "file:///m.vigil"},

@@ -52,9 +52,11 @@ def _selector(sel: Any) -> tuple[str, str]:
 
 
 def kopf_permissions(namespaced: bool) -> set[Permission]:
-    """What kopf does for the handlers vigil_operator.handlers registers."""
-    importlib.import_module("vigil_operator.handlers")
-    registry = kopf.get_default_registry()
+    """What kopf does for the handlers vigil_operator.cluster.handlers registers."""
+    from vigil_operator.cluster.handlers import registry as handlers_registry
+    from vigil_operator.settings import OperatorSettings
+
+    registry = handlers_registry(OperatorSettings())
     out: set[Permission] = set()
     watched = [
         *registry._indexing.get_all_handlers(),
@@ -190,7 +192,7 @@ def adoption_permissions() -> set[Permission]:
     kopf.adopt(child, owner=owner)  # type: ignore[arg-type]
     (ref,) = child["metadata"]["ownerReferences"]
     assert ref["blockOwnerDeletion"] is True
-    from vigil_operator.handlers import MODELS
+    from vigil_operator.cluster.handlers import MODELS
 
     return {(MODELS[0], f"{MODELS[2]}/finalizers", "update")}
 

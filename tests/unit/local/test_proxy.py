@@ -13,9 +13,9 @@ import pytest
 import pytest_asyncio
 from prometheus_client import CollectorRegistry
 
+from tests.tools import free_port
 from vigil.v1 import anomaly_pb2, anomaly_pb2_grpc
 from vigil_operator.local.proxy import SERVICE_NAME, Backend, ClientEndpoint, RouteError
-from vigil_operator.local.units import free_port
 
 KEY = ("default", "fabric")
 

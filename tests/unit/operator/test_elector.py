@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import pytest
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from vigil_operator.cluster.election import Elector
+from vigil_operator.cluster.fence import Fence
 from vigil_operator.core.election import ElectionConfig, LeaseRecord
-from vigil_operator.election import Elector
-from vigil_operator.fence import Fence
 
 pytestmark = pytest.mark.asyncio
 CFG = ElectionConfig(lease_duration_s=1.5, renew_deadline_s=1.0, retry_period_s=0.1)

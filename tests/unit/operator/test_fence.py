@@ -21,9 +21,9 @@ from aiohttp import web
 from kubernetes_asyncio import client
 from kubernetes_asyncio.config import kube_config
 
-from vigil_operator import handlers
-from vigil_operator.fence import Fence, FencedWrite
-from vigil_operator.kube import new_api_client
+from vigil_operator.cluster import handlers
+from vigil_operator.cluster.fence import Fence, FencedWrite
+from vigil_operator.cluster.kube import new_api_client
 
 pytestmark = pytest.mark.asyncio
 

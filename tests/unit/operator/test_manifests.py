@@ -312,9 +312,8 @@ def test_default_resources_fill_only_what_the_model_leaves_unnamed() -> None:
     assert unit_resources(spec, {}) == {"requests": {}, "limits": {"memory": "3Gi"}}
 
 
-def test_bad_default_resources_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    from vigil_operator.config import OperatorConfig
+def test_bad_default_resources_setting_is_named() -> None:
+    from vigil_operator.settings import OperatorSettings
 
-    monkeypatch.setenv("VIGIL_UNIT_RESOURCES", "cpu=1")
     with pytest.raises(ValueError, match="VIGIL_UNIT_RESOURCES must be JSON"):
-        OperatorConfig.from_env()
+        OperatorSettings.from_env({"VIGIL_UNIT_RESOURCES": "cpu=1"})

@@ -13,6 +13,7 @@ from vigil_operator.core.spec import ModelSpec, parse_spec
 from vigil_operator.core.status import (
     DRAINING,
     Event,
+    StatusFacts,
     build_status,
     condition,
     event_messages,
@@ -42,7 +43,7 @@ def _status(
     **kw: Any,
 ) -> dict[str, Any]:
     target = dict.fromkeys(ABC, 1) if target is None else target
-    return build_status(
+    facts = StatusFacts(
         name="pcb-inspector",
         namespace="factory",
         generation=4,
@@ -52,10 +53,11 @@ def _status(
         target=target,
         replicas=dict(target) if replicas is None else replicas,
         ready=ready,
-        previous=previous,
+        previous=previous or {},
         now=now,
         **kw,
     )
+    return build_status(facts)
 
 
 def _cond(status: dict[str, Any], type_: str) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import aiohttp
 import pytest
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from vigil_operator.handlers import _transient
+from vigil_operator.cluster.handlers import _transient
 
 
 @pytest.mark.parametrize(

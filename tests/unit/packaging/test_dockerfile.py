@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from tests.tools import ROOT
-from vigil_inference.cli import build_parser
+from vigil_cli.main import build_parser
 from vigil_operator.core import manifests
 from vigil_operator.core.spec import parse_spec
 

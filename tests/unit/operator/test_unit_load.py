@@ -6,7 +6,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from vigil_inference.metrics import InferenceMetrics
-from vigil_operator.core.signal import parse_unit_metrics, unit_load
+from vigil_operator.core.unit_load import parse_unit_metrics, unit_load
 
 
 def reading(m: InferenceMetrics, t: float):  # type: ignore[no-untyped-def]

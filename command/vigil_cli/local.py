@@ -1,4 +1,5 @@
-"""`vigil local ...`: the whole system on one machine, no cluster.
+"""`vigil local ...`: the whole system on one machine, no cluster (the local
+runtime, `vigil_operator.local`).
 
 `vigil local up` runs the control process (Models, reconcile and autoscaler
 loops, unit processes, client endpoint, metrics, control API); the other
@@ -15,8 +16,14 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from vigil_cli.main import Command, lazy
+from vigil_operator.local.settings import LocalConfig
+
+LOCAL = LocalConfig()  # the defaults the flags show
+
 if TYPE_CHECKING:
-    from vigil_operator.local.control import LocalConfig
+    Verbs = argparse._SubParsersAction[argparse.ArgumentParser]
+    from vigil_operator.local.control import LocalRuntime
     from vigil_operator.local.store import ModelStore
 
 MODEL_KINDS = ("models", "model", "vmodel", "vmodels", "models.vigil.dev")
@@ -52,8 +59,16 @@ def add_local_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         "zones, driven by the operator's own core.",
     )
     verbs = local.add_subparsers(dest="verb", required=True, metavar="VERB")
+    _add_up(verbs)
     client = _client_options()
+    _add_apply(verbs, client)
+    _add_get(verbs, client)
+    _add_delete(verbs, client)
+    _add_zone(verbs, client)
+    _add_events(verbs, client)
 
+
+def _add_up(verbs: Verbs) -> None:
     up = verbs.add_parser(
         "up",
         help="run the control process (until Ctrl-C)",
@@ -62,18 +77,18 @@ def add_local_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     up.add_argument(
         "--zones",
-        default="zone-a,zone-b,zone-c",
-        help="simulated zones, comma-separated (default: zone-a,zone-b,zone-c)",
+        default=",".join(LOCAL.zones),
+        help="simulated zones, comma-separated (default: %(default)s)",
     )
     up.add_argument(
-        "--host", default="127.0.0.1", help="address for the client endpoint and metrics"
+        "--host", default=LOCAL.host, help="address for the client endpoint and metrics"
     )
-    up.add_argument("--port", type=int, default=50051, help="client endpoint (gRPC) port")
+    up.add_argument("--port", type=int, default=LOCAL.port, help="client endpoint (gRPC) port")
     up.add_argument(
         "--metrics-port",
         type=int,
         default=None,
-        help="Prometheus port (default $VIGIL_METRICS_PORT or 8080)",
+        help=f"Prometheus port (default $VIGIL_METRICS_PORT or {LOCAL.metrics_port})",
     )
     up.add_argument(
         "--api",
@@ -88,17 +103,26 @@ def add_local_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         help="keep Models (models.json) and unit logs here across restarts "
         "(default: a temporary folder, removed on exit)",
     )
+    _add_unit_flags(up)
+    up.add_argument("-f", "--filename", action="append", default=[], help="apply at start")
+    up.add_argument("-v", "--verbose", action="store_true", help="log more")
+    up.set_defaults(func=_run("up_command"))
+
+
+def _add_unit_flags(up: argparse.ArgumentParser) -> None:
+    """How `vigil local up` runs and stops units."""
     up.add_argument(
         "--grace-seconds",
         type=float,
-        default=15.0,
-        help="drain time for a stopping unit before SIGKILL (default 15)",
+        default=LOCAL.grace_s,
+        help="drain time for a stopping unit before SIGKILL (default %(default)s)",
     )
     up.add_argument(
         "--reconcile-interval",
         type=float,
         default=None,
-        help="seconds between reconciles (default $VIGIL_RECONCILE_INTERVAL or 1)",
+        help="seconds between reconciles (default $VIGIL_RECONCILE_INTERVAL or "
+        f"{LOCAL.operator.reconcile_interval_s:g})",
     )
     up.add_argument(
         "--serve-arg",
@@ -115,10 +139,9 @@ def add_local_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         help="run Ready units N nicer than starting ones, so that on a small, saturated "
         "machine a new unit is not starved by the load it is meant to take (default 0)",
     )
-    up.add_argument("-f", "--filename", action="append", default=[], help="apply at start")
-    up.add_argument("-v", "--verbose", action="store_true", help="log more")
-    up.set_defaults(func=_run("up_command"))
 
+
+def _add_apply(verbs: Verbs, client: argparse.ArgumentParser) -> None:
     apply = verbs.add_parser(
         "apply",
         parents=[client],
@@ -132,6 +155,8 @@ def add_local_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     _namespace_options(apply)
     apply.set_defaults(func=_run("apply_command"))
 
+
+def _add_get(verbs: Verbs, client: argparse.ArgumentParser) -> None:
     get = verbs.add_parser(
         "get",
         parents=[client],
@@ -144,6 +169,8 @@ def add_local_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     get.add_argument("-o", "--output", choices=["wide", "yaml", "json"], help="output format")
     get.set_defaults(func=_run("get_command"))
 
+
+def _add_delete(verbs: Verbs, client: argparse.ArgumentParser) -> None:
     delete = verbs.add_parser(
         "delete", parents=[client], help="delete Models; their units drain and stop"
     )
@@ -152,6 +179,8 @@ def add_local_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     _namespace_options(delete)
     delete.set_defaults(func=_run("delete_command"))
 
+
+def _add_zone(verbs: Verbs, client: argparse.ArgumentParser) -> None:
     zone = verbs.add_parser(
         "zone",
         parents=[client],
@@ -165,6 +194,8 @@ def add_local_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     zone.add_argument("-o", "--output", choices=["json"], help="print the runtime's answer")
     zone.set_defaults(func=_run("zone_command"))
 
+
+def _add_events(verbs: Verbs, client: argparse.ArgumentParser) -> None:
     events = verbs.add_parser(
         "events", parents=[client], help="a Model's recent Events (scaling, zones, phase)"
     )
@@ -173,13 +204,14 @@ def add_local_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     events.set_defaults(func=_run("events_command"))
 
 
-def _run(name: str) -> Any:
+def _run(name: str) -> Command:
+    """`lazy`, with the control API's address defaulted from the environment."""
+    command = lazy("vigil_cli.local", name)
+
     def run(args: argparse.Namespace) -> int:
         if getattr(args, "api", "") is None:
             args.api = _api_default()
-        fn = globals()[name]
-        code: int = fn(args)
-        return code
+        return command(args)
 
     return run
 
@@ -195,10 +227,9 @@ def up_command(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from vigil_operator.config import OperatorConfig
     from vigil_operator.core.spec import ZONE_RE
-    from vigil_operator.local.control import LocalConfig
     from vigil_operator.local.store import ModelStore, load_validator
+    from vigil_operator.settings import OperatorSettings
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -212,11 +243,13 @@ def up_command(args: argparse.Namespace) -> int:
     for z in zones:
         if not ZONE_RE.match(z) or len(z) > 63:
             raise ValueError(f"zone {z!r} is not a zone label value")
-    operator = OperatorConfig.from_env()
+    operator = OperatorSettings.from_env(os.environ)
     interval = args.reconcile_interval
     if interval is None:
         interval = (
-            operator.reconcile_interval_s if "VIGIL_RECONCILE_INTERVAL" in os.environ else 1.0
+            operator.reconcile_interval_s
+            if "VIGIL_RECONCILE_INTERVAL" in os.environ
+            else LOCAL.operator.reconcile_interval_s
         )
     metrics_port = args.metrics_port if args.metrics_port is not None else operator.metrics_port
     operator = replace(operator, reconcile_interval_s=interval, metrics_port=metrics_port)
@@ -248,8 +281,6 @@ async def _up(config: LocalConfig, store: ModelStore, args: argparse.Namespace) 
 
     from vigil_operator.local import api
     from vigil_operator.local.control import LocalRuntime
-    from vigil_operator.local.documents import DocumentError, read_documents
-    from vigil_operator.local.store import Invalid
     from vigil_operator.local.units import signal_group
 
     log = logging.getLogger("vigil.local")
@@ -293,19 +324,7 @@ async def _up(config: LocalConfig, store: ModelStore, args: argparse.Namespace) 
         flush=True,
     )
     try:
-        for path in args.filename:
-            try:
-                docs = read_documents(path)
-            except DocumentError as exc:
-                log.error("%s", exc)
-                continue
-            for doc in docs:
-                try:
-                    result, obj = await runtime.apply(doc, "default")
-                except Invalid as exc:
-                    log.error("%s: %s", path, exc)
-                    continue
-                print(f"model.vigil.dev/{obj['metadata']['name']} {result}", flush=True)
+        await _apply_files(runtime, args.filename)
         await stop.wait()
         units = sum(len(c.units) for c in runtime.controllers.values())
         log.info("stopping: draining %d units", units)
@@ -314,6 +333,29 @@ async def _up(config: LocalConfig, store: ModelStore, args: argparse.Namespace) 
         await runtime.stop()
     log.info("stopped")
     return 0
+
+
+async def _apply_files(runtime: LocalRuntime, paths: list[str]) -> None:
+    """`vigil local up -f`: what cannot be read or applied is logged and skipped."""
+    import logging
+
+    from vigil_operator.local.documents import DocumentError, read_documents
+    from vigil_operator.local.store import Invalid
+
+    log = logging.getLogger("vigil.local")
+    for path in paths:
+        try:
+            docs = read_documents(path)
+        except DocumentError as exc:
+            log.error("%s", exc)
+            continue
+        for doc in docs:
+            try:
+                result, obj = await runtime.apply(doc, "default")
+            except Invalid as exc:
+                log.error("%s: %s", path, exc)
+                continue
+            print(f"model.vigil.dev/{obj['metadata']['name']} {result}", flush=True)
 
 
 # -- the clients -----------------------------------------------------------------------

@@ -27,17 +27,16 @@ import socket
 import sys
 import uuid
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 from aiohttp import web
 
-from vigil_operator.core.election import ElectionConfig
-from vigil_operator.election import Elector, LeaseStore
-from vigil_operator.fence import Fence
-from vigil_operator.kube import new_api_client
+from vigil_operator.cluster.election import Elector, LeaseStore
+from vigil_operator.cluster.fence import Fence
+from vigil_operator.cluster.kube import new_api_client
 from vigil_operator.metrics import OperatorMetrics
+from vigil_operator.settings import RunOptions
 
 log = logging.getLogger("vigil.operator")
 SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -64,16 +63,6 @@ def default_lease_namespace() -> str:
         if namespace:
             return str(namespace)
     return "default"
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    liveness_port: int = 8081  # 0: no /healthz
-    standalone: bool = False
-    election: ElectionConfig = field(default_factory=ElectionConfig)
-    lease_name: str = "vigil-operator"
-    lease_namespace: str = ""  # "": default_lease_namespace()
-    identity: str = ""  # "": default_identity()
 
 
 def user_agent(identity: str) -> str:

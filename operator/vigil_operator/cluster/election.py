@@ -23,6 +23,8 @@ import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from vigil_operator.cluster.fence import Fence
+from vigil_operator.cluster.kube import _json
 from vigil_operator.core.election import (
     JITTER,
     Create,
@@ -35,8 +37,6 @@ from vigil_operator.core.election import (
     released,
     tenure_end,
 )
-from vigil_operator.fence import Fence
-from vigil_operator.kube import _json
 
 log = logging.getLogger("vigil.election")
 

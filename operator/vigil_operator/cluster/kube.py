@@ -19,7 +19,7 @@ from typing import Any, Final
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from vigil_operator.fence import Fence
+from vigil_operator.cluster.fence import Fence
 
 HASH_ANNOTATION: Final = "vigil.dev/applied-hash"
 GROUP, VERSION, PLURAL = "vigil.dev", "v1alpha1", "models"

@@ -1,4 +1,8 @@
-"""`vigil operator`: run the operator (in-cluster, or from KUBECONFIG); and `vigil local`."""
+"""`vigil operator`: run the operator (in-cluster, or from KUBECONFIG).
+
+The chart's VIGIL_* environment variables are read here, once, into
+`OperatorSettings`; flags win over them. The settings then travel as a value:
+to the handlers' registry (the timer), the controller and the metrics port."""
 
 from __future__ import annotations
 
@@ -6,12 +10,18 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
+from vigil_cli.main import lazy
 from vigil_operator.core.election import ElectionConfig, ElectionConfigError
+from vigil_operator.settings import OperatorSettings, RunOptions
+
+RUN = RunOptions()  # the defaults the flags show
 
 
-def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_operator_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("operator", help="run the operator that hosts Models on Kubernetes")
     p.add_argument(
         "-n",
@@ -20,14 +30,17 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         default=[],
         help="watch only this namespace (repeatable); default: all",
     )
-    p.add_argument("--metrics-port", type=int, help="Prometheus port (default 8080)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        help=f"Prometheus port (default $VIGIL_METRICS_PORT or {OperatorSettings.metrics_port})",
+    )
     p.add_argument(
         "--liveness-port",
         type=int,
-        default=8081,
+        default=RUN.liveness_port,
         help="/healthz for the kubelet's liveness probe, on leader and standby (0: off)",
     )
-    election = ElectionConfig()
     p.add_argument(
         "--standalone",
         action="store_true",
@@ -35,7 +48,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     p.add_argument(
         "--lease-name",
-        default="vigil-operator",
+        default=RUN.lease_name,
         help="the leader Lease's name (default %(default)s)",
     )
     p.add_argument(
@@ -47,41 +60,42 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument(
         "--lease-duration",
         type=float,
-        default=election.lease_duration_s,
+        default=RUN.election.lease_duration_s,
         help="seconds a standby waits after the Lease's last change before taking over "
         "(default %(default)s)",
     )
     p.add_argument(
         "--renew-deadline",
         type=float,
-        default=election.renew_deadline_s,
+        default=RUN.election.renew_deadline_s,
         help="seconds after its last renewal at which the leader stops writing "
         "(default %(default)s)",
     )
     p.add_argument(
         "--retry-period",
         type=float,
-        default=election.retry_period_s,
+        default=RUN.election.retry_period_s,
         help="seconds between tries to acquire or renew the Lease (default %(default)s)",
     )
     p.add_argument("--default-image", help="unit image when a Model names none")
     p.add_argument("--reconcile-interval", type=float, help="seconds between reconciles")
     p.add_argument("--verbose", action="store_true")
-    p.set_defaults(func=operator_command)
-    from vigil_operator.local.cli import add_local_commands
+    p.set_defaults(func=lazy("vigil_cli.operator", "operator_command"))
 
-    add_local_commands(sub)
+
+def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> OperatorSettings:
+    """The chart's environment, then the flags over it."""
+    flags = {
+        "metrics_port": args.metrics_port,
+        "default_image": args.default_image,
+        "reconcile_interval_s": args.reconcile_interval,
+    }
+    given = {k: v for k, v in flags.items() if v is not None}
+    return replace(OperatorSettings.from_env(env), **given)
 
 
 def operator_command(args: argparse.Namespace) -> int:
-    # Flags win over the environment; handlers read it at import time.
-    for flag, env in (
-        ("metrics_port", "VIGIL_METRICS_PORT"),
-        ("default_image", "VIGIL_UNIT_IMAGE"),
-        ("reconcile_interval", "VIGIL_RECONCILE_INTERVAL"),
-    ):
-        if getattr(args, flag) is not None:
-            os.environ[env] = str(getattr(args, flag))
+    settings = settings_from(args, os.environ)
     try:
         election = ElectionConfig(args.lease_duration, args.renew_deadline, args.retry_period)
     except ElectionConfigError as exc:
@@ -90,22 +104,23 @@ def operator_command(args: argparse.Namespace) -> int:
     import kopf
     from prometheus_client import start_http_server
 
-    from vigil_operator import handlers
-    from vigil_operator.fence import Fence
+    from vigil_operator.cluster import handlers
+    from vigil_operator.cluster.fence import Fence
+    from vigil_operator.cluster.runner import run
+    from vigil_operator.controller import Controller
     from vigil_operator.metrics import OperatorMetrics
-    from vigil_operator.runner import RunOptions, run
 
     kopf.configure(verbose=args.verbose, log_prefix=True)
     metrics = OperatorMetrics()
-    server, _ = start_http_server(handlers.CONFIG.metrics_port, registry=metrics.registry)
+    server, _ = start_http_server(settings.metrics_port, registry=metrics.registry)
     kwargs: dict[str, Any] = {"clusterwide": not args.namespace, "namespaces": args.namespace}
+    registry = handlers.registry(settings)
 
     async def run_kopf(fence: Fence, user_agent: str, stop: asyncio.Event | None) -> None:
-        memo = kopf.Memo(
-            metrics=metrics, config=handlers.CONFIG, fence=fence, user_agent=user_agent
-        )
+        controller = Controller(settings, metrics)
+        memo = kopf.Memo(controller=controller, fence=fence, user_agent=user_agent)
         # kopf's peering is never used: the Lease (or --standalone) decides who runs.
-        await kopf.operator(standalone=True, memo=memo, stop_flag=stop, **kwargs)
+        await kopf.operator(registry=registry, standalone=True, memo=memo, stop_flag=stop, **kwargs)
 
     options = RunOptions(
         liveness_port=args.liveness_port,

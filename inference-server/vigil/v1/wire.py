@@ -1,0 +1,11 @@
+"""What both ends of `vigil.v1.AnomalyDetection` agree on, stated once: the
+service's name (health checks, reflection, routing) and the message sizes
+every server and channel allows. Plain values: the pure core imports them."""
+
+from typing import Final
+
+SERVICE_NAME: Final = "vigil.v1.AnomalyDetection"  # anomaly.proto's package and service
+# A request: above the unit's 8 MiB image limit, so an oversized image gets the
+# unit's INVALID_ARGUMENT message rather than a transport error.
+MAX_REQUEST_BYTES: Final = 16 * 1024 * 1024
+MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024  # a response: room for a 4096x4096 mask
