@@ -148,6 +148,7 @@ async def test_a_burst_of_status_conflicts_is_retried_through(
     injected = sum(n for k, n in operator.proxy.injected.items() if k.startswith("409"))
     assert injected == 20, operator.proxy.injected
     assert operator.alive(), operator.log()[-3000:]
+    assert "Traceback" not in operator.log(), operator.log()[-3000:]  # retried, not crashed
     await kube.delete(path)
 
 

@@ -231,7 +231,10 @@ class ClusterWorld:
             raise kopf.TemporaryError(str(exc), delay=1) from exc
 
     async def write_status(self, status: Mapping[str, Any]) -> None:
-        await self.kube.patch_model_status(self.namespace, self.name, dict(status))
+        try:
+            await self.kube.patch_model_status(self.namespace, self.name, dict(status))
+        except ConflictError as exc:  # retried soon, one log line, no traceback
+            raise kopf.TemporaryError(str(exc), delay=1) from exc
 
     def emit(self, body: Mapping[str, Any], event: Event) -> None:
         kopf.event(

@@ -216,5 +216,9 @@ class Kube:
                 _content_type=MERGE,  # type: ignore[call-arg]  # accepted, not in the stubs
             )
         except ApiException as exc:
+            if exc.status == 409:  # another writer won the race: the next pass writes it
+                raise ConflictError(
+                    f"Model {namespace}/{name} status conflict; will retry"
+                ) from exc
             if exc.status != 404:  # a deleted Model needs no status
                 raise
