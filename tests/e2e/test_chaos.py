@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 UNIT_START_S = 240
 OUTAGE_S = 6.0  # shorter than the leader's renew deadline (10 s): it must keep the Lease
 ZONE_RECOVERY_S = 15.0  # the operator's zoneRecoverySeconds for this module
-UNIT_READY_TIMEOUT_S = 60.0  # unitReadyTimeoutSeconds here: above a unit's start on a busy machine (10-40 s)
+UNIT_READY_TIMEOUT_S = 60.0  # above a unit's start on a busy machine (10-40 s)
 
 
 @pytest.fixture(scope="module")
