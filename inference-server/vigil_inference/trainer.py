@@ -416,7 +416,6 @@ def summary(result: TrainResult) -> str:
             f"  F1 score   {m['f1']:.3f}",
             f"  AUROC      {m['auroc']:.3f}",
         ]
-    else:
     elif m["normal_test_images"] < evaluation.MIN_FIT:
         lines += [
             f"No anomalous images given: threshold set just above the highest of "
