@@ -119,7 +119,9 @@ def choose(outcomes: Sequence[Outcome]) -> tuple[int, str]:
     close = [
         i for i, o in enumerate(outcomes) if _finite(o.auroc) >= _finite(top.auroc) - TOLERANCE
     ]
-    cheapest = min(close, key=lambda i: (outcomes[i].candidate.cost, -_finite(outcomes[i].auroc)))
+    cheapest = min(
+        close, key=lambda i: (outcomes[i].candidate.cost, [-v for v in key(outcomes[i])])
+    )
     what = "pseudo-anomaly AUROC" if top.pseudo else "held-out AUROC"
     if cheapest == best:
         return best, f"best {what} ({top.auroc:.3f})"
