@@ -136,7 +136,7 @@ def choose(outcomes: Sequence[Outcome]) -> tuple[int, str]:
 def table(outcomes: Sequence[Outcome], winner: int) -> str:
     """The candidates as a fixed-width table; the kept one is starred."""
     what = "pseudo-AUROC" if outcomes and outcomes[0].pseudo else "AUROC"
-    lines = [f"  {'candidate':26} {what:>12} {'F1':>6} {'bank':>5} {'fit s':>6} {'ms/img':>7}"]
+    lines = [f"  {'candidate':26} {what:>12} {'F1':>6} {'bank':>5} {'fit s':>6} {'cost':>5}"]
     for i, o in enumerate(outcomes):
         mark = "*" if i == winner else " "
         f1 = "" if math.isnan(o.f1) else f"{o.f1:.3f}"

@@ -94,7 +94,7 @@ def test_normal_only_selection_names_pseudo_anomalies() -> None:
     win, why = choose(outs)
     assert win == 1 and "pseudo-anomaly AUROC" in why
     text = table(outs, win)
-    assert "pseudo-AUROC" in text
+    assert "pseudo-AUROC" in text and text.splitlines()[0].split()[-1] == "cost"
     assert text.splitlines()[2].startswith("* efficientnet_lite2@224")
 
 
