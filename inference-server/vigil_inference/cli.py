@@ -36,7 +36,24 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "(normal/, anomaly/, masks/); give it twice for a training and a test set",
     )
     p.add_argument("--out", required=True, metavar="FILE", help="artifact to write (.vigil)")
-    p.add_argument("--input-size", type=int, default=224, help="square model input side")
+    p.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help="square model input side, a multiple of 32 (default: candidates from the images)",
+    )
+    p.add_argument(
+        "--backbone",
+        default=None,
+        help="pin one backbone: efficientnet_lite0, efficientnet_lite2 or mobilenet_v2 "
+        "(default: fit candidates and keep the best)",
+    )
+    p.add_argument(
+        "--target-fpr",
+        type=float,
+        default=0.05,
+        help="without --anomalous: share of normal images the threshold may flag",
+    )
     p.add_argument("--coreset-ratio", type=float, default=0.1, help="memory bank share kept")
     p.add_argument(
         "--max-bank",

@@ -112,7 +112,10 @@ def build_scorer(artifact: Artifact) -> PatchCoreScorer:
         shape = None if bank is None else tuple(bank.shape)
         raise ArtifactError(f"memory_bank must be [patches, {dim}], got {shape}")
     sigma = _num(meta["blur_sigma"], "blur_sigma")
-    embedder = PatchEmbedder(backbone, idx)
+    hood = meta.get("neighbourhood", 3)  # artifacts before it was recorded used 3
+    if not (isinstance(hood, int) and not isinstance(hood, bool) and hood in (1, 3, 5, 7)):
+        raise ArtifactError(f"neighbourhood must be 1, 3, 5 or 7, got {hood!r}")
+    embedder = PatchEmbedder(backbone, idx, spec.mean, spec.std, hood)
     try:
         types, _ = anomaly_types.types_from_meta(meta)
     except ValueError as exc:

@@ -30,12 +30,20 @@ class PatchEmbedder(nn.Module):
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, backbone: nn.Sequential, layer_idx: tuple[int, ...]) -> None:
+    def __init__(
+        self,
+        backbone: nn.Sequential,
+        layer_idx: tuple[int, ...],
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        neighbourhood: int = 3,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.layer_idx = layer_idx
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0)
+        self.neighbourhood = neighbourhood
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = (pixels.to(self.mean.dtype) - self.mean) / self.std
@@ -43,8 +51,9 @@ class PatchEmbedder(nn.Module):
         for i, block in enumerate(self.backbone):
             x = block(x)
             if i in self.layer_idx:
-                # 3x3 neighbourhood average: a patch sees its surroundings.
-                maps.append(F.avg_pool2d(x, 3, stride=1, padding=1))
+                # Neighbourhood average (3x3 by default): a patch sees its surroundings.
+                k = self.neighbourhood
+                maps.append(F.avg_pool2d(x, k, stride=1, padding=k // 2))
             if i >= self.layer_idx[-1]:
                 break
         size = maps[0].shape[-2:]

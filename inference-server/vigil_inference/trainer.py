@@ -14,6 +14,7 @@ import argparse
 import datetime as dt
 import functools
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +24,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vigil_inference import anomaly_types, evaluation
+from vigil_inference import anomaly_types, evaluation, selection
 from vigil_inference.artifact import save_artifact
 from vigil_inference.backbones import get_spec, layer_indices
 from vigil_inference.images import InvalidImage, inspect_image, to_model_input
-from vigil_inference.model import resolve_device
+from vigil_inference.model import AnomalyModel, resolve_device
 from vigil_inference.patchcore import PatchCoreScorer, PatchEmbedder, k_center_greedy
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
@@ -35,13 +36,14 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 
 @dataclass(frozen=True)
 class TrainConfig:
-    input_size: int = 224
+    input_size: int | None = None  # None: candidates from the images' size
     coreset_ratio: float = 0.1
     max_bank: int = 2048
     holdout: float = 0.2
     seed: int = 0
-    backbone: str = "mobilenet_v2"
+    backbone: str | None = None  # None: every default candidate backbone
     feature_layers: tuple[str, ...] = ()  # empty: the backbone's defaults
+    target_fpr: float = evaluation.DEFAULT_TARGET_FPR  # normal-only threshold
     blur_sigma: float = 4.0
     batch_size: int = 8
     device: str = "auto"
@@ -114,6 +116,159 @@ def _score(
     return out
 
 
+@dataclass
+class _Fitted:
+    """One candidate fitted on the training images and scored on the held-out ones."""
+
+    scorer: PatchCoreScorer
+    backbone: torch.nn.Sequential
+    bank: torch.Tensor
+    patches: int
+    seconds: float
+    normal_scores: list[float] = field(default_factory=list)
+    anomalous_scores: list[float] = field(default_factory=list)
+
+
+def _image_side(path: Path) -> int:
+    data = path.read_bytes()
+    try:
+        header = inspect_image(data)
+    except InvalidImage as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    return min(header.width, header.height)
+
+
+def _fit(
+    cand: selection.Candidate,
+    fit: Sequence[Path],
+    cfg: TrainConfig,
+    dev: torch.device,
+    quiet: bool,
+    tag: str,
+) -> _Fitted:
+    """Embed the training images and pick the coreset memory bank."""
+    t0 = time.perf_counter()
+    spec = get_spec(cand.backbone)
+    idx = layer_indices(spec, cand.layers)
+    backbone = spec.build(idx[-1])
+    backbone.load_state_dict(spec.pretrained(idx[-1]), strict=True)
+    embedder = PatchEmbedder(backbone, idx, spec.mean, spec.std, cand.neighbourhood)
+    embedder = embedder.eval().to(dev)
+    size = (cand.input_size, cand.input_size)
+    chunks: list[torch.Tensor] = []
+    with _bar(len(fit), f"{tag}embedding", quiet) as bar, torch.inference_mode():
+        for chunk in _batches(fit, cfg.batch_size):
+            x = torch.from_numpy(np.stack([load_image(p, size) for p in chunk])).to(dev)
+            feats = embedder(x)
+            chunks.append(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]).float().cpu())
+            bar.update(len(chunk))
+    patches = torch.cat(chunks)
+    k = max(1, min(cfg.max_bank, int(cfg.coreset_ratio * len(patches))))
+    with _bar(k, f"{tag}coreset", quiet, unit="patch") as bar:
+        chosen = k_center_greedy(patches, k, cfg.seed, progress=bar.update)
+    bank = patches[chosen].contiguous()
+    scorer = PatchCoreScorer(embedder, bank.to(dev), size, cfg.blur_sigma).eval()
+    return _Fitted(scorer, backbone, bank, len(patches), time.perf_counter() - t0)
+
+
+def _judge(
+    cand: selection.Candidate,
+    one: _Fitted,
+    held: Sequence[Path],
+    anomalous: Sequence[Path],
+    cfg: TrainConfig,
+    dev: torch.device,
+    quiet: bool,
+    tag: str,
+) -> selection.Outcome:
+    """Score the held-out images; AUROC and F1 on real or pseudo-anomalies."""
+    t0 = time.perf_counter()
+    one.normal_scores = _score(one.scorer, held, cfg, dev, quiet, f"{tag}scoring normal")
+    one.anomalous_scores = _score(one.scorer, anomalous, cfg, dev, quiet, f"{tag}scoring anomalous")
+    if anomalous:
+        scores = one.normal_scores + one.anomalous_scores
+        labels = [0] * len(held) + [1] * len(anomalous)
+        t = evaluation.f1_optimal_threshold(scores, labels)
+        f1 = evaluation.precision_recall_f1(scores, labels, t).f1
+        auroc, pseudo = evaluation.auroc(scores, labels), False
+    else:
+        size = one.scorer.input_size
+        images = [load_image(p, size) for p in held]
+        fakes = selection.pseudo_anomalies(images, cfg.seed)
+        fake_scores = _score_arrays(one.scorer, fakes, cfg, dev)
+        labels = [0] * len(held) + [1] * len(fakes)
+        auroc = evaluation.auroc(one.normal_scores + fake_scores, labels)
+        f1, pseudo = float("nan"), True
+    return selection.Outcome(
+        candidate=cand,
+        auroc=auroc,
+        f1=f1,
+        fit_seconds=one.seconds + time.perf_counter() - t0,
+        bank=len(one.bank),
+        pseudo=pseudo,
+    )
+
+
+def _score_arrays(
+    scorer: PatchCoreScorer, images: Sequence[np.ndarray], cfg: TrainConfig, dev: torch.device
+) -> list[float]:
+    out: list[float] = []
+    with torch.inference_mode():
+        for i in range(0, len(images), cfg.batch_size):
+            x = torch.from_numpy(np.stack(images[i : i + cfg.batch_size])).to(dev)
+            out.extend(float(s) for s in scorer(x)[0].cpu())
+    return out
+
+
+def _serving_ms(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> float:
+    """CPU serving cost of the kept model: `vigil serve`'s CPU runtime (ONNX
+    Runtime) on batches of 8, after a warm-up, on this machine."""
+    from vigil_inference.artifact import Artifact, tensors_sha256
+
+    full = {**meta, "tensors_sha256": tensors_sha256(tensors), "model_version": "probe"}
+    model = AnomalyModel(Artifact(full, tensors), device="cpu", runtime="onnxruntime")
+    h, w = model.input_size
+    batch = [np.zeros((3, h, w), dtype=np.uint8)] * 8
+    model.predict(batch)
+    t0 = time.perf_counter()
+    for _ in range(3):
+        model.predict(batch)
+    return (time.perf_counter() - t0) * 1000 / (3 * len(batch))
+
+
+def _selection_record(
+    outcomes: Sequence[selection.Outcome],
+    win: int,
+    why: str,
+    meta: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+) -> dict[str, Any]:
+    """What the training summary keeps about the candidates (JSON)."""
+    return {
+        "kept": outcomes[win].candidate.name,
+        "reason": why,
+        "measure": "pseudo_auroc" if outcomes[win].pseudo else "auroc",
+        "serving_ms_per_image": round(_serving_ms(meta, tensors), 2),
+        "serving_runtime": "onnxruntime, CPU, batch 8",
+        "candidates": [
+            {
+                "name": o.candidate.name,
+                "backbone": o.candidate.backbone,
+                "input_size": o.candidate.input_size,
+                "feature_layers": list(o.candidate.layers),
+                "neighbourhood": o.candidate.neighbourhood,
+                "auroc": o.auroc,
+                "f1": None if np.isnan(o.f1) else o.f1,
+                "memory_bank": o.bank,
+                "fit_seconds": round(o.fit_seconds, 2),
+                "relative_cost": round(o.candidate.cost, 2),
+            }
+            for o in outcomes
+        ],
+        "table": selection.table(outcomes, win),
+    }
+
+
 def _split(items: Sequence[Path], rng: np.random.Generator) -> tuple[list[Path], list[Path]]:
     order = rng.permutation(len(items))
     half = len(items) // 2
@@ -161,31 +316,21 @@ def train(
     if held_out:
         held, fit = list(held_out), normal
 
-    spec = get_spec(cfg.backbone)
-    layers = cfg.feature_layers or spec.default_layers
-    idx = layer_indices(spec, layers)
     dev = resolve_device(cfg.device)
-    backbone = spec.build(idx[-1])
-    backbone.load_state_dict(spec.pretrained(idx[-1]), strict=True)
-    embedder = PatchEmbedder(backbone, idx).eval().to(dev)
-    size = (cfg.input_size, cfg.input_size)
-
-    chunks: list[torch.Tensor] = []
-    with _bar(len(fit), "embedding", quiet) as bar, torch.inference_mode():
-        for chunk in _batches(fit, cfg.batch_size):
-            x = torch.from_numpy(np.stack([load_image(p, size) for p in chunk])).to(dev)
-            feats = embedder(x)
-            chunks.append(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]).float().cpu())
-            bar.update(len(chunk))
-    patches = torch.cat(chunks)
-    k = max(1, min(cfg.max_bank, int(cfg.coreset_ratio * len(patches))))
-    with _bar(k, "coreset", quiet, unit="patch") as bar:
-        chosen = k_center_greedy(patches, k, cfg.seed, progress=bar.update)
-    bank = patches[chosen].contiguous()
-
-    scorer = PatchCoreScorer(embedder, bank.to(dev), size, cfg.blur_sigma).eval()
-    normal_scores = _score(scorer, held, cfg, dev, quiet, "scoring normal")
-    anom_scores = _score(scorer, anomalous, cfg, dev, quiet, "scoring anomalous")
+    sides = [_image_side(p) for p in fit]
+    cands = selection.candidates(sides, cfg.backbone, cfg.input_size, cfg.feature_layers)
+    fitted: list[_Fitted] = []
+    outcomes: list[selection.Outcome] = []
+    for n, cand in enumerate(cands, 1):
+        tag = f"[{n}/{len(cands)} {cand.name}] " if len(cands) > 1 else ""
+        one = _fit(cand, fit, cfg, dev, quiet, tag)
+        outcomes.append(_judge(cand, one, held, anomalous, cfg, dev, quiet, tag))
+        fitted.append(one)
+    win, why = selection.choose(outcomes)
+    chosen_fit, cand = fitted[win], cands[win]
+    fitted.clear()  # the losers' banks and backbones can go
+    bank, backbone, patches = chosen_fit.bank, chosen_fit.backbone, chosen_fit.patches
+    normal_scores, anom_scores = chosen_fit.normal_scores, chosen_fit.anomalous_scores
     by_path = dict(zip(held + anomalous, normal_scores + anom_scores, strict=True))
 
     metrics: dict[str, Any] = {
@@ -194,7 +339,7 @@ def train(
         "anomalous_test_images": len(anomalous),
         "coreset_ratio": cfg.coreset_ratio,
         "seed": cfg.seed,
-        "patches": len(patches),
+        "patches": patches,
     }
     if anomalous:
         independent = len(held) >= 2 and len(anomalous) >= 2
@@ -219,18 +364,25 @@ def train(
             threshold_independent=independent,
         )
     else:
-        threshold = evaluation.normal_only_threshold(normal_scores)
+        threshold = evaluation.normal_only_threshold(normal_scores, cfg.target_fpr)
         fpr = float(np.mean(np.asarray(normal_scores) > threshold))
-        metrics.update(false_positive_rate=fpr, threshold_independent=False)
+        metrics.update(
+            false_positive_rate=fpr,
+            expected_false_positive_rate=evaluation.gumbel_exceedance(normal_scores, threshold),
+            target_false_positive_rate=cfg.target_fpr,
+            threshold_independent=False,
+        )
     extra: dict[str, torch.Tensor] = {}
     if types is not None:
         if not anomalous:
             raise ValueError("anomaly types need anomalous test images to be graded on")
+        size = (cand.input_size, cand.input_size)
         load = functools.partial(load_image, size=size)
+        scorer = chosen_fit.scorer
         head = anomaly_types.fit_head(
             scorer, types.samples, types.types, load, dev, cfg.seed, threshold
         )
-        typed = anomaly_types.TypedScorer(embedder, bank.to(dev), size, cfg.blur_sigma, head)
+        typed = anomaly_types.TypedScorer(scorer.embedder, bank.to(dev), size, cfg.blur_sigma, head)
         metrics.update(anomaly_types.grade(typed.eval(), types, *graded, threshold, load, dev))
         extra = {anomaly_types.FEATURES_KEY: head.features, anomaly_types.LABELS_KEY: head.labels}
     median = float(np.median(normal_scores))
@@ -241,10 +393,11 @@ def train(
     meta: dict[str, Any] = {
         "model_version": cfg.version,
         "created_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
-        "backbone": spec.name,
-        "backbone_source": spec.source,
-        "feature_layers": list(layers),
-        "input_size": [cfg.input_size, cfg.input_size],
+        "backbone": cand.backbone,
+        "backbone_source": get_spec(cand.backbone).source,
+        "feature_layers": list(cand.layers),
+        "neighbourhood": cand.neighbourhood,
+        "input_size": [cand.input_size, cand.input_size],
         "threshold": threshold,
         "score_scale": score_scale,
         "blur_sigma": cfg.blur_sigma,
@@ -252,6 +405,7 @@ def train(
     }
     if types is not None:
         meta.update(anomaly_types.types_meta(types.types, types.background))
+    metrics["selection"] = _selection_record(outcomes, win, why, meta, tensors)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not cfg.version:  # version from the content, so equal models share it
@@ -267,7 +421,17 @@ def train(
 def summary(result: TrainResult) -> str:
     """The evaluation in Lookout's words."""
     m = result.metrics
-    lines = [
+    sel = m.get("selection") or {}
+    lines = []
+    if sel:
+        lines += [
+            "Candidates, scored on the held-out images"
+            + (" with pseudo-anomalies:" if sel["measure"] == "pseudo_auroc" else ":"),
+            sel["table"],
+            f"Kept {sel['kept']}: {sel['reason']}; serving {sel['serving_ms_per_image']:.1f} "
+            f"ms/image ({sel['serving_runtime']}, this machine)",
+        ]
+    lines += [
         f"Model {result.path} (version {result.sha256[:12]}, "
         f"{result.memory_bank_size} memory-bank patches from {result.training_images} "
         "training images)"
@@ -287,10 +451,19 @@ def summary(result: TrainResult) -> str:
             f"  AUROC      {m['auroc']:.3f}",
         ]
         lines += anomaly_types.summary_lines(m)
-    else:
+    elif m["normal_test_images"] < evaluation.MIN_FIT:
         lines += [
             f"No anomalous images given: threshold set just above the highest of "
-            f"{m['normal_test_images']} held-out normal scores.",
+            f"{m['normal_test_images']} held-out normal scores (too few to fit their "
+            "distribution: give more normal images).",
+            "  Give --anomalous DIR for precision, recall, F1 and AUROC.",
+        ]
+    else:
+        lines += [
+            f"No anomalous images given: threshold set for an expected false-positive rate of "
+            f"{m['expected_false_positive_rate']:.1%} (Gumbel fit to "
+            f"{m['normal_test_images']} held-out normal scores; "
+            f"{m['false_positive_rate']:.1%} of them are above it).",
             "  Give --anomalous DIR for precision, recall, F1 and AUROC.",
         ]
     lines.append(f"Threshold {result.threshold:.4f} (an image scoring above it is anomalous)")
@@ -306,6 +479,8 @@ def train_command(args: argparse.Namespace) -> int:
         return 2
     cfg = TrainConfig(
         input_size=args.input_size,
+        backbone=args.backbone,
+        target_fpr=args.target_fpr,
         coreset_ratio=args.coreset_ratio,
         max_bank=args.max_bank,
         holdout=args.holdout,

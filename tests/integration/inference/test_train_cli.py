@@ -52,6 +52,46 @@ def test_train_with_anomalous_prints_lookout_evaluation(
     model = AnomalyModel.load(out)
     assert model.info.model_version == "v7" and model.info.anomalous_test_images == 6
     assert model.info.memory_bank_size == 256
+    # 160-px images: one input side (224), both Lite backbones tried, one kept.
+    sel = model.artifact.meta["training"]["selection"]
+    assert [c["name"] for c in sel["candidates"]] == [
+        "efficientnet_lite0@224",
+        "efficientnet_lite2@224",
+    ]
+    assert sel["kept"] == f"{model.info.backbone}@224" and sel["measure"] == "auroc"
+    assert sel["serving_ms_per_image"] > 0
+    assert "efficientnet_lite2@224" in r.stdout and f"Kept {sel['kept']}" in r.stdout
+    assert "[1/2 efficientnet_lite0@224] embedding" in r.stderr
+
+
+def test_pinned_backbone_and_side_fit_one_candidate(
+    small: tuple[Path, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "p.vigil"
+    r = vigil(
+        "train",
+        "--normal",
+        small[0],
+        "--anomalous",
+        small[1],
+        "--out",
+        out,
+        "--backbone",
+        "mobilenet_v2",
+        "--input-size",
+        "256",
+        "--max-bank",
+        "128",
+        "--quiet",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "Kept mobilenet_v2@256: the only candidate" in r.stdout
+    model = AnomalyModel.load(out)
+    assert model.info.backbone == "mobilenet_v2" and model.info.input_size == (256, 256)
+    assert len(model.artifact.meta["training"]["selection"]["candidates"]) == 1
+
+    r = vigil("train", "--normal", small[0], "--out", out, "--input-size", "250", "--quiet")
+    assert r.returncode == 1 and "multiple of 32" in r.stderr
 
 
 def test_train_normal_only_explains_the_threshold(small: tuple[Path, Path], tmp_path: Path) -> None:
@@ -60,6 +100,7 @@ def test_train_normal_only_explains_the_threshold(small: tuple[Path, Path], tmp_
     )
     assert r.returncode == 0, r.stderr
     assert "No anomalous images given" in r.stdout and "--anomalous" in r.stdout
+    assert "with pseudo-anomalies" in r.stdout  # how candidates are judged without anomalies
     assert r.stderr == ""  # --quiet: no progress bar
 
 

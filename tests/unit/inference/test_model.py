@@ -105,3 +105,20 @@ def test_consistent_but_wrong_tensors_are_refused(trained_model_path: Path, tmp_
     save_artifact(tmp_path / "bb.vigil", {**art.meta, "backbone": "resnet9000"}, art.tensors)
     with pytest.raises(ArtifactError, match="unknown backbone 'resnet9000'"):
         AnomalyModel.load(tmp_path / "bb.vigil")
+    save_artifact(tmp_path / "hood.vigil", {**art.meta, "neighbourhood": 4}, art.tensors)
+    with pytest.raises(ArtifactError, match="neighbourhood must be 1, 3, 5 or 7, got 4"):
+        AnomalyModel.load(tmp_path / "hood.vigil")
+
+
+def test_artifacts_from_before_the_selection_still_load_and_score_alike(
+    model: AnomalyModel, trained_model_path: Path, tmp_path: Path, png_image: Callable[..., bytes]
+) -> None:
+    """Format version 1 without `neighbourhood` or `training.selection`: what
+    `vigil train` wrote before candidates existed."""
+    art = load_artifact(trained_model_path)
+    meta = {k: v for k, v in art.meta.items() if k != "neighbourhood"}
+    meta["training"] = {k: v for k, v in meta["training"].items() if k != "selection"}
+    save_artifact(tmp_path / "old.vigil", meta, art.tensors)
+    old = AnomalyModel.load(tmp_path / "old.vigil")
+    images = [png_image(30_000 + i) for i in range(2)] + [png_image(31_000, defect="scratch")]
+    np.testing.assert_allclose(_scores(old, images), _scores(model, images), rtol=1e-5)
