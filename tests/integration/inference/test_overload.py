@@ -180,8 +180,22 @@ class RssSampler:
 
 
 @pytest.fixture(scope="module")
-def unit(trained_model_path: Path) -> Iterator[ServeProcess]:
-    server = ServeProcess(trained_model_path, "--max-queue", str(MAX_QUEUE))
+def heavy_model(dataset: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A unit slow enough (EfficientNet-Lite2 at 320 px, some 20-40 images/s on 2
+    cores) that this one client process can really offer it 10x its capacity: with
+    the 100+ images/s of the shared MobileNetV2 fixture on a quiet machine, the
+    flood's own client saturates first and the test would measure the client."""
+    from vigil_inference.trainer import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("heavy") / "heavy.vigil"
+    cfg = TrainConfig(backbone="efficientnet_lite2", input_size=320, max_bank=1024, seed=0)
+    train(dataset[0], dataset[1], out, cfg, quiet=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def unit(heavy_model: Path) -> Iterator[ServeProcess]:
+    server = ServeProcess(heavy_model, "--max-queue", str(MAX_QUEUE))
     try:
         yield server
     finally:
