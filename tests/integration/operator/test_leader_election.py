@@ -1,6 +1,7 @@
-"""Two real `vigil operator` processes against the emulated API server: one
-leads, the other stands by; the leader dies (SIGKILL) mid-failover, or is
-frozen (SIGSTOP) and thawed after its lease went to the other.
+"""Two real `vigil operator` processes against the emulated API server: a
+replica restarted after the leader exits stands by and writes nothing, and a
+graceful stop hands the Lease over at once. Electing one, SIGKILL mid-failover
+and SIGSTOP then thaw run on the cluster in tests/e2e/test_leader.py.
 
 The scenarios read the cluster only through the public API, by polling (the
 Lease, Models, Deployments, Pods), so they port to a real cluster as they
@@ -191,33 +192,6 @@ async def hosted(api: client.ApiClient, namespace: str, name: str, units: int) -
     return s
 
 
-async def children(api: client.ApiClient, namespace: str, name: str) -> dict[str, list[str]]:
-    """Every child of the Model by kind, and its unit Pods that are Ready (not terminating)."""
-    selector = f"vigil.dev/model={name}"
-    deps = await client.AppsV1Api(api).list_namespaced_deployment(
-        namespace, label_selector=selector
-    )
-    services = await client.CoreV1Api(api).list_namespaced_service(
-        namespace, label_selector=selector
-    )
-    budgets = await client.PolicyV1Api(api).list_namespaced_pod_disruption_budget(
-        namespace, label_selector=selector
-    )
-    pods = await client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=selector)
-    ready = [
-        f"{p.spec.node_name}/{p.metadata.name}"
-        for p in pods.items
-        if p.metadata.deletion_timestamp is None
-        and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
-    ]
-    return {
-        "Deployment": sorted(d.metadata.name for d in deps.items),
-        "Service": sorted(s.metadata.name for s in services.items),
-        "PodDisruptionBudget": sorted(b.metadata.name for b in budgets.items),
-        "ready": sorted(ready),
-    }
-
-
 def writes_by(calls: list[ApiCall], replica: Replica) -> list[str]:
     """What one replica changed, from the emulator's call log (a cluster's audit log)."""
     return [
@@ -225,127 +199,6 @@ def writes_by(calls: list[ApiCall], replica: Replica) -> list[str]:
         for c in calls
         if c.user_agent == replica.user_agent and c.verb not in READS
     ]
-
-
-def non_lease(writes: list[str]) -> list[str]:
-    return [w for w in writes if not w.split()[1].startswith("leases/")]
-
-
-async def test_two_replicas_elect_one_and_the_standby_writes_nothing(
-    kube: KubeEmulator, kube_api: client.ApiClient, kube_namespace: str, replicas: list[Replica]
-) -> None:
-    leader = await elected(kube_api, kube_namespace, replicas)
-    standby = next(r for r in replicas if r is not leader)
-    assert leader.healthz() == {"status": "ok", "leader": True}
-    assert standby.healthz() == {"status": "ok", "leader": False}
-
-    await create_model(kube_api, kube_namespace, "pcb", 3)
-    await eventually(lambda: hosted(kube_api, kube_namespace, "pcb", 3), within=20)
-    spec = await lease(kube_api, kube_namespace)
-    assert spec["holder_identity"] == leader.identity
-    assert spec["lease_duration_seconds"] == LEASE_S and spec["lease_transitions"] == 0
-    first_renewal = spec["renew_time"]
-    await asyncio.sleep(2 * RETRY_S + 0.5)
-    spec = await lease(kube_api, kube_namespace)
-    assert spec["renew_time"] > first_renewal and spec["acquire_time"] <= first_renewal
-
-    # The standby only ever read the Lease: no watches, no writes, no other resource.
-    assert {c.resource for c in kube.calls if c.user_agent == standby.user_agent} == {"leases"}
-    assert writes_by(kube.calls, standby) == []
-    assert non_lease(writes_by(kube.calls, leader)), "the leader wrote nothing?"
-    assert await leader.gauges() == 1.0 and await standby.gauges() == 0.0
-
-
-async def test_sigkill_of_the_leader_mid_failover_hands_over_without_duplicates(
-    kube: KubeEmulator, kube_api: client.ApiClient, kube_namespace: str, replicas: list[Replica]
-) -> None:
-    leader = await elected(kube_api, kube_namespace, replicas)
-    standby = next(r for r in replicas if r is not leader)
-    await create_model(kube_api, kube_namespace, "pcb", 6)
-    await eventually(lambda: hosted(kube_api, kube_namespace, "pcb", 6), within=30)
-    before = await children(kube_api, kube_namespace, "pcb")
-    assert before["Deployment"] == ["pcb-zone-a", "pcb-zone-b", "pcb-zone-c"]
-
-    kube.pod_start_delay = 3.0  # the moved units take a while: the failover is in flight
-    kube.zone_down("zone-a")
-
-    async def failover_begun() -> None:
-        deps = await client.AppsV1Api(kube_api).list_namespaced_deployment(
-            kube_namespace, label_selector="vigil.dev/model=pcb"
-        )
-        replicas = {d.metadata.name: d.spec.replicas for d in deps.items}
-        assert replicas["pcb-zone-b"] == 3, replicas  # zone-a's share is moving
-
-    await eventually(failover_begun, within=15, every=0.02)
-    # zone-a's units are gone and their replacements still starting
-    assert len((await children(kube_api, kube_namespace, "pcb"))["ready"]) == 4
-    leader.signal(signal.SIGKILL)
-    killed_at = time.monotonic()
-    killed_calls = len(kube.calls)
-
-    new = await elected(kube_api, kube_namespace, [standby])
-    takeover_s = time.monotonic() - killed_at
-    # The standby saw the last renewal at most one retry after it; then one lease.
-    assert takeover_s < LEASE_S + 3 * RETRY_S + 2.0, f"takeover took {takeover_s:.1f}s"
-    assert (await lease(kube_api, kube_namespace))["lease_transitions"] == 1
-
-    async def finished() -> dict[str, Any]:
-        s = await hosted(kube_api, kube_namespace, "pcb", 6)
-        zones = {z["name"]: z for z in s["zones"]}
-        assert zones["zone-a"]["healthy"] is False and zones["zone-a"]["inServiceUnits"] == 0
-        assert {z: zones[z]["inServiceUnits"] for z in ("zone-b", "zone-c")} == {
-            "zone-b": 3,
-            "zone-c": 3,
-        }
-        return s
-
-    await eventually(finished, within=30)
-    after = await children(kube_api, kube_namespace, "pcb")
-    assert after["Deployment"] == before["Deployment"]  # none duplicated, none lost
-    assert after["Service"] == ["pcb"] and after["PodDisruptionBudget"] == ["pcb"]
-    assert len(after["ready"]) == 6 and not any("zone-a" in p for p in after["ready"])
-    assert writes_by(kube.calls[killed_calls:], leader) == []  # SIGKILL: dead is dead
-    assert non_lease(writes_by(kube.calls[killed_calls:], new)), "the new leader did nothing?"
-    print(f"takeover {takeover_s:.1f}s after SIGKILL (lease {LEASE_S}s)")
-
-
-async def test_a_frozen_leader_loses_the_lease_and_writes_nothing_when_thawed(
-    kube: KubeEmulator, kube_api: client.ApiClient, kube_namespace: str, replicas: list[Replica]
-) -> None:
-    leader = await elected(kube_api, kube_namespace, replicas)
-    standby = next(r for r in replicas if r is not leader)
-    await create_model(kube_api, kube_namespace, "pcb", 3)
-    await eventually(lambda: hosted(kube_api, kube_namespace, "pcb", 3), within=20)
-
-    leader.signal(signal.SIGSTOP)  # a partition, as the leader sees it: time passes without it
-    await elected(kube_api, kube_namespace, [standby])
-    # Freeze the new leader too (briefly), and give the old one work it would
-    # act on the moment it thaws: its watch streams hold this change and its
-    # timers are overdue. Any write of it would now show, nobody else writes.
-    standby.signal(signal.SIGSTOP)
-    frozen_at = time.monotonic()
-    await client.CustomObjectsApi(kube_api).patch_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        kube_namespace,
-        PLURAL,
-        "pcb",
-        {"spec": {"minUnits": 4}},
-        _content_type="application/merge-patch+json",
-    )
-    thawed_calls = len(kube.calls)
-    leader.signal(signal.SIGCONT)
-    assert leader.process.process is not None
-    code = await asyncio.wait_for(leader.process.process.wait(), timeout=10)
-    standby.signal(signal.SIGCONT)
-    assert time.monotonic() - frozen_at < RENEW_S, "the test froze the new leader too long"
-    assert code == 1 and "leadership lost" in leader.process.log
-    assert writes_by(kube.calls[thawed_calls:], leader) == []
-
-    # The rightful leader carries on with the change the frozen one saw first.
-    await eventually(lambda: hosted(kube_api, kube_namespace, "pcb", 4), within=20)
-    assert (await holder(kube_api, kube_namespace)) == standby.identity
-    assert non_lease(writes_by(kube.calls[thawed_calls:], standby))
 
 
 async def test_a_restarted_replica_stands_by_and_writes_nothing(
