@@ -95,3 +95,30 @@ def pod_path(namespace: str, name: str = "", sub: str = "") -> str:
 def model_path(namespace: str, name: str = "", sub: str = "") -> str:
     root = f"/apis/vigil.dev/v1alpha1/namespaces/{namespace}/models"
     return "/".join(p for p in (root, name, sub) if p)
+
+
+async def create_model(kube: Api, namespace: str, name: str, artifact_uri: str, units: int) -> None:
+    """A Model of `units` one-GPU units serving `artifact_uri`."""
+    body: Obj = {
+        "apiVersion": "vigil.dev/v1alpha1",
+        "kind": "Model",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"artifact": {"uri": artifact_uri}, "minUnits": units, "unit": {"gpus": 1}},
+    }
+    await kube.create(model_path(namespace), body)
+
+
+def hosted(kube: Api, namespace: str, name: str, units: int) -> Any:
+    """A check for `eventually`: Hosted with `units` desired and in service, and the
+    status written for the current generation."""
+
+    async def check() -> Obj:
+        model = await kube.get(model_path(namespace, name))
+        s = model.get("status") or {}
+        got = (s.get("phase"), s.get("desiredUnits"), s.get("inServiceUnits"))
+        assert got == ("Hosted", units, units), s
+        assert s.get("observedGeneration") == model["metadata"]["generation"], s
+        return dict(s)
+
+    check.__name__ = f"{name} Hosted with {units} units"
+    return check

@@ -19,12 +19,11 @@ import contextlib
 import signal
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 import pytest_asyncio
 
-from tests.e2e.api import Api, Obj, model_path
+from tests.e2e.api import Api, Obj, create_model, hosted, model_path
 from tests.e2e.cluster import ZONES, Kubelets, eventually
 from tests.e2e.conftest import Cluster, Install
 from tests.e2e.operators import LocalOperator, elected, local_operators
@@ -58,31 +57,8 @@ async def operator(
         yield only
 
 
-async def _create(kube: Api, namespace: str, name: str, artifact_uri: str, units: int) -> None:
-    body: Obj = {
-        "apiVersion": "vigil.dev/v1alpha1",
-        "kind": "Model",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"artifact": {"uri": artifact_uri}, "minUnits": units, "unit": {"gpus": 1}},
-    }
-    await kube.create(model_path(namespace), body)
-
-
 async def _model(kube: Api, namespace: str, name: str) -> Obj:
     return await kube.get(model_path(namespace, name))
-
-
-def _hosted(kube: Api, namespace: str, name: str, units: int) -> Any:
-    async def check() -> Obj:
-        model = await _model(kube, namespace, name)
-        s = model.get("status") or {}
-        got = (s.get("phase"), s.get("desiredUnits"), s.get("inServiceUnits"))
-        assert got == ("Hosted", units, units), s
-        assert s.get("observedGeneration") == model["metadata"]["generation"], s
-        return s
-
-    check.__name__ = f"{name} Hosted with {units} units"
-    return check
 
 
 async def _replicas(kube: Api, namespace: str, name: str) -> dict[str, int]:
@@ -101,8 +77,8 @@ async def test_api_server_outage_while_scaling(
     """The API server goes away for OUTAGE_S right after a Model is scaled: the
     operator survives, keeps its Lease, reconnects its watches and applies the change
     it may never have seen an event for."""
-    await _create(kube, namespace, "outage", artifact_uri, 1)
-    await eventually(_hosted(kube, namespace, "outage", 1), UNIT_START_S)
+    await create_model(kube, namespace, "outage", artifact_uri, 1)
+    await eventually(hosted(kube, namespace, "outage", 1), UNIT_START_S)
     pid = operator.pid
     watches_before = sum(n for k, n in operator.proxy.requests.items() if k.startswith("GET"))
     await kube.patch(model_path(namespace, "outage"), {"spec": {"minUnits": 2}})
@@ -111,7 +87,7 @@ async def test_api_server_outage_while_scaling(
     assert operator.alive(), operator.log()[-3000:]
     await operator.proxy.up()
     back = time.monotonic()
-    await eventually(_hosted(kube, namespace, "outage", 2), UNIT_START_S)
+    await eventually(hosted(kube, namespace, "outage", 2), UNIT_START_S)
     converged_s = time.monotonic() - back
     assert operator.alive() and operator.pid == pid, "the operator restarted"
     assert await operator.leader() == 1.0, "leadership lost over a short outage"
@@ -131,7 +107,7 @@ async def test_watch_expiry_is_survived_by_a_relist(
     expired = await operator.proxy.expire_watches()
     assert expired >= 3  # at least Models, Deployments and Pods were being watched
     await kube.patch(model_path(namespace, "outage"), {"spec": {"minUnits": 1}})
-    await eventually(_hosted(kube, namespace, "outage", 1), 120)
+    await eventually(hosted(kube, namespace, "outage", 1), 120)
     assert operator.proxy.lists[models] > lists_before, dict(operator.proxy.lists)
     assert operator.alive(), operator.log()[-3000:]
 
@@ -144,7 +120,7 @@ async def test_a_burst_of_status_conflicts_is_retried_through(
     path = model_path(namespace, "outage")
     operator.proxy.conflict("PATCH", r"/models/outage/status$", times=20)
     await kube.patch(path, {"spec": {"scaling": {"target": 0.5}}})
-    await eventually(_hosted(kube, namespace, "outage", 1), 120)
+    await eventually(hosted(kube, namespace, "outage", 1), 120)
     injected = sum(n for k, n in operator.proxy.injected.items() if k.startswith("409"))
     assert injected == 20, operator.proxy.injected
     assert operator.alive(), operator.log()[-3000:]
@@ -158,8 +134,8 @@ async def test_a_flapping_zone_moves_units_once(
     """A zone's nodes report NotReady and Ready every 3 s for 30 s (a flapping
     container runtime): its units leave once and come back once, after its nodes have
     stayed Ready zoneRecoverySeconds, never back and forth with the flaps."""
-    await _create(kube, namespace, "flap", artifact_uri, 3)
-    await eventually(_hosted(kube, namespace, "flap", 3), UNIT_START_S)
+    await create_model(kube, namespace, "flap", artifact_uri, 3)
+    await eventually(hosted(kube, namespace, "flap", 3), UNIT_START_S)
     zone = ZONES[0]
     seen: list[int] = []
 
@@ -175,7 +151,7 @@ async def test_a_flapping_zone_moves_units_once(
         for _ in range(10):  # 5 NotReady spells, each followed by Ready
             sim.signal(zone, signal.SIGUSR1)
             await asyncio.sleep(3)
-        await eventually(_hosted(kube, namespace, "flap", 3), ZONE_RECOVERY_S + UNIT_START_S)
+        await eventually(hosted(kube, namespace, "flap", 3), ZONE_RECOVERY_S + UNIT_START_S)
 
         async def returned() -> bool:
             assert seen[-1] == 1, seen
@@ -205,7 +181,7 @@ async def test_a_unit_that_never_turns_ready_is_reported_and_the_rest_serve(
     zone = ZONES[2]
     sim.signal(zone, signal.SIGUSR2)  # its Pods' readiness probes fail from now on
     try:
-        await _create(kube, namespace, "stuck", artifact_uri, 3)
+        await create_model(kube, namespace, "stuck", artifact_uri, 3)
 
         async def reported() -> Obj:
             model = await _model(kube, namespace, "stuck")
@@ -231,7 +207,7 @@ async def test_a_unit_that_never_turns_ready_is_reported_and_the_rest_serve(
         assert event["type"] == "Warning" and f"stuck-{zone}" in event["message"], event
     finally:
         sim.signal(zone, signal.SIGUSR2)
-    await eventually(_hosted(kube, namespace, "stuck", 3), 120)
+    await eventually(hosted(kube, namespace, "stuck", 3), 120)
     model = await _model(kube, namespace, "stuck")
     scaling = next(c for c in model["status"]["conditions"] if c["type"] == "Scaling")
     assert scaling["reason"] != "UnitsNotReady"

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import signal
 import time
-from typing import Any
 
 import pytest
 
-from tests.e2e.api import Api, Obj, model_path
+from tests.e2e.api import Api, Obj, create_model, hosted, model_path
 from tests.e2e.cluster import ZONES, Kubelets, eventually
 from tests.e2e.conftest import Cluster, Install
 from tests.e2e.operators import elected, local_operators, non_lease
@@ -34,29 +33,6 @@ def sim(kubelets: Kubelets | None) -> Kubelets:
     if kubelets is None:
         pytest.skip("the zone outage needs simulated kubelets")
     return kubelets
-
-
-async def _model(kube: Api, namespace: str, name: str, artifact_uri: str, units: int) -> None:
-    body: Obj = {
-        "apiVersion": "vigil.dev/v1alpha1",
-        "kind": "Model",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"artifact": {"uri": artifact_uri}, "minUnits": units, "unit": {"gpus": 1}},
-    }
-    await kube.create(model_path(namespace), body)
-
-
-def _hosted(kube: Api, namespace: str, name: str, units: int) -> Any:
-    async def check() -> Obj:
-        model = await kube.get(model_path(namespace, name))
-        s = model.get("status") or {}
-        got = (s.get("phase"), s.get("desiredUnits"), s.get("inServiceUnits"))
-        assert got == ("Hosted", units, units), s
-        assert s.get("observedGeneration") == model["metadata"]["generation"], s
-        return s
-
-    check.__name__ = f"{name} Hosted with {units} units"
-    return check
 
 
 async def _children(kube: Api, namespace: str, name: str) -> dict[str, list[str]]:
@@ -88,8 +64,8 @@ async def test_sigkill_of_the_leader_mid_failover_hands_over_without_duplicates(
         assert await standby.leader() == 0.0
         assert non_lease(standby.writes()) == {}, standby.writes()  # a standby writes nothing
 
-        await _model(kube, namespace, "failover", artifact_uri, 3)
-        await eventually(_hosted(kube, namespace, "failover", 3), UNIT_START_S)
+        await create_model(kube, namespace, "failover", artifact_uri, 3)
+        await eventually(hosted(kube, namespace, "failover", 3), UNIT_START_S)
         before = await _children(kube, namespace, "failover")
         assert len(before["deployments"]) == 3
 
@@ -119,7 +95,7 @@ async def test_sigkill_of_the_leader_mid_failover_hands_over_without_duplicates(
             assert takeover_s < LEASE_S + 4 * RETRY_S + 30, takeover_s
 
             async def finished() -> Obj:
-                s = await _hosted(kube, namespace, "failover", 3)()
+                s = await hosted(kube, namespace, "failover", 3)()
                 zones = {z["name"]: z for z in s["zones"]}
                 assert zones[down]["healthy"] is False and zones[down]["inServiceUnits"] == 0, s
                 return s
@@ -141,8 +117,8 @@ async def test_a_frozen_leader_loses_the_lease_and_writes_nothing_when_thawed(
     async with local_operators(cluster, kube, vigil, ["replica-c", "replica-d"]) as replicas:
         leader = await elected(replicas)
         standby = next(r for r in replicas if r is not leader)
-        await _model(kube, namespace, "frozen", artifact_uri, 1)
-        await eventually(_hosted(kube, namespace, "frozen", 1), UNIT_START_S)
+        await create_model(kube, namespace, "frozen", artifact_uri, 1)
+        await eventually(hosted(kube, namespace, "frozen", 1), UNIT_START_S)
 
         leader.signal(signal.SIGSTOP)  # time passes without it, as in a partition
         await elected([standby], within_s=LEASE_S + 4 * RETRY_S + 30)
@@ -166,6 +142,6 @@ async def test_a_frozen_leader_loses_the_lease_and_writes_nothing_when_thawed(
         assert "leadership lost" in leader.log()
         assert non_lease(leader.writes(sent)) == {}, leader.writes(sent)
 
-        await eventually(_hosted(kube, namespace, "frozen", 2), UNIT_START_S)
+        await eventually(hosted(kube, namespace, "frozen", 2), UNIT_START_S)
         assert non_lease(standby.writes()), "the rightful leader did nothing?"
         await kube.delete(model_path(namespace, "frozen"))
