@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from vigil_operator.core.autoscaling import ScalingState, autoscale, policy_for
-from vigil_operator.core.reconcile import Observed, Outcome, reconcile
-from vigil_operator.core.spec import ModelSpec, SpecError, parse_spec
+from vigil_operator.core.reconcile import Observed, Outcome, read_spec, reconcile
+from vigil_operator.core.spec import ModelSpec
 from vigil_operator.core.status import Event
 from vigil_operator.metrics import OperatorMetrics
 from vigil_operator.scraper import UnitScraper, pod_ready
@@ -62,11 +62,9 @@ class World(Protocol):
         """A line for the operator's log (what was applied, why it scaled)."""
 
 
-def parse_or_none(body_spec: Mapping[str, Any]) -> ModelSpec | None:
-    try:
-        return parse_spec(body_spec)
-    except SpecError:
-        return None
+def valid_spec(body: Mapping[str, Any]) -> ModelSpec | None:
+    spec = read_spec(body)
+    return spec if isinstance(spec, ModelSpec) else None
 
 
 @dataclass
@@ -109,10 +107,12 @@ class Controller:
         self, body: Mapping[str, Any], world: World, desired: int | None, reason: str
     ) -> Outcome:
         s = self.settings
+        spec = read_spec(body)  # once a pass: the world's reads and the core share it
         return reconcile(
             body,
-            world.observe(parse_or_none(body.get("spec") or {})),
+            world.observe(spec if isinstance(spec, ModelSpec) else None),
             now=datetime.now(UTC),
+            spec=spec,
             default_image=self.default_image or s.default_image,
             unschedulable_timeout_s=s.unschedulable_timeout_s,
             zone_recovery_s=s.zone_recovery_s,
@@ -128,7 +128,7 @@ class Controller:
     ) -> ScalingState:
         """One autoscaler tick: scrape, decide, reconcile on a change."""
         body = world.current() or {}
-        spec = parse_or_none(body.get("spec") or {})
+        spec = valid_spec(body)
         policy = (
             None
             if spec is None

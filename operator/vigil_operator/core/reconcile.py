@@ -78,11 +78,22 @@ def deployment_counts(
     return replicas, ready, names
 
 
+def read_spec(body: Mapping[str, Any]) -> ModelSpec | SpecError:
+    """The Model's spec, or why it (or its name) is invalid. A pass parses it
+    once: the shell's reads and the decision below share the result."""
+    try:
+        validate_name(str((body.get("metadata") or {}).get("name", "")))
+        return parse_spec(body.get("spec") or {})
+    except SpecError as exc:
+        return exc
+
+
 def reconcile(
     body: Mapping[str, Any],
     observed: Observed,
     *,
     now: datetime,
+    spec: ModelSpec | SpecError | None = None,
     default_image: str,
     desired_units: int | None = None,
     scaling_reason: str = "",
@@ -94,9 +105,10 @@ def reconcile(
 ) -> Outcome:
     """Decide everything for one Model `body` (as the API returns it).
 
-    `desired_units` is the autoscaler's wish; None keeps the last decision from
-    the status (minUnits at first). It is clamped to [minUnits, maxUnits], 0 when
-    Stopped.
+    `spec` is `read_spec(body)` where the caller has it already (None: read it
+    here). `desired_units` is the autoscaler's wish; None keeps the last decision
+    from the status (minUnits at first). It is clamped to [minUnits, maxUnits],
+    0 when Stopped.
     """
     meta = body.get("metadata") or {}
     name, namespace = str(meta.get("name", "")), str(meta.get("namespace", "default"))
@@ -117,11 +129,9 @@ def reconcile(
         now=now,
         cluster_domain=cluster_domain,
     )
-    try:
-        validate_name(name)
-        spec = parse_spec(body.get("spec") or {})
-    except SpecError as exc:
-        status = build_status(replace(facts, error=str(exc)))
+    spec = read_spec(body) if spec is None else spec
+    if isinstance(spec, SpecError):
+        status = build_status(replace(facts, error=str(spec)))
         return Outcome(None, status, event_messages(previous, status, scaling_reason))
 
     wish = desired_units if desired_units is not None else previous.get("desiredUnits")
