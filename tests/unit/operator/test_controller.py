@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 from vigil_operator.controller import Controller
-from vigil_operator.core import reconcile as core_reconcile
+from vigil_operator.core import spec as spec_module
 from vigil_operator.core.autoscaling import Sample, ScalingState
 from vigil_operator.core.reconcile import Observed, Outcome
 from vigil_operator.core.spec import ModelSpec
@@ -112,13 +113,15 @@ def test_a_pass_hosts_the_model_writes_status_once_and_records_it(
     controller: Controller, node: Callable[..., Obj], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     parsed: list[Mapping[str, Any]] = []
-    real_parse = core_reconcile.parse_spec
+    real_parse = spec_module.parse_spec
 
     def counting_parse(spec: Mapping[str, Any]) -> ModelSpec:
         parsed.append(spec)
         return real_parse(spec)
 
-    monkeypatch.setattr(core_reconcile, "parse_spec", counting_parse)
+    for module in list(sys.modules.values()):  # wherever it was imported
+        if getattr(module, "parse_spec", None) is real_parse:
+            monkeypatch.setattr(module, "parse_spec", counting_parse)
     world = MemoryWorld(node, {**ARTIFACT, "minUnits": 3})
 
     outcome = asyncio.run(controller.reconcile(KEY, world))
