@@ -23,10 +23,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "inference-server"), str(ROOT / "operator")]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # kube_emulator, beside bench/
 
-from tests.integration.operator.emulator import KubeEmulator, OperatorProcess  # noqa: E402
+from kube_emulator import KubeEmulator, OperatorProcess  # noqa: E402
 from vigil_operator.local.units import free_port  # noqa: E402
 
 NAMESPACE = "bench"

@@ -108,13 +108,13 @@ class Process:
 
 
 def start_emulator(workdir: Path) -> tuple[Process, Path]:
-    """``python -m tests.integration.operator.emulator``; returns it and its kubeconfig."""
+    """``python -m kube_emulator``; returns it and its kubeconfig."""
     kubeconfig = workdir / "kubeconfig"
     emulator = Process(
         [
             sys.executable,
             "-m",
-            "tests.integration.operator.emulator",
+            "kube_emulator",
             "--kubeconfig",
             str(kubeconfig),
             "--node-monitor-grace-period",

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.operator.emulator.fixtures import (
+from kube_emulator.fixtures import (
     kube,
     kube_api,
     kube_namespace,

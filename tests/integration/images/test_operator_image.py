@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from kubernetes_asyncio import client
 
+from kube_emulator import KubeEmulator, OperatorProcess
 from tests.integration.images.conftest import RUN, Image
-from tests.integration.operator.emulator import KubeEmulator, OperatorProcess
 from tests.tools import free_port
 from vigil_operator.core import manifests
 

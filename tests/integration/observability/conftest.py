@@ -1,8 +1,7 @@
-"""The API server emulator fixtures (tests/integration/operator/emulator),
+"""The API server emulator fixtures (kube_emulator),
 and the operator's identity from the chart's RBAC (see chart_rbac.py)."""
 
-from tests.integration.operator.chart_rbac import chart_rbac, operator_identity
-from tests.integration.operator.emulator.fixtures import (
+from kube_emulator.fixtures import (
     kube,
     kube_api,
     kube_namespace,
@@ -10,6 +9,7 @@ from tests.integration.operator.emulator.fixtures import (
     kubeconfig,
     pytest_configure,
 )
+from tests.integration.operator.chart_rbac import chart_rbac, operator_identity
 from tests.unit.chart.conftest import helm, render
 
 __all__ = [

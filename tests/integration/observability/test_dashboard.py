@@ -28,9 +28,9 @@ import grpc
 import pytest
 import pytest_asyncio
 
+from kube_emulator import KubeEmulator, OperatorProcess
 from tests.integration.observability.prometheus import Prometheus, free_port, write_targets
 from tests.integration.operator.chart_rbac import OperatorIdentity
-from tests.integration.operator.emulator import KubeEmulator, OperatorProcess
 from tests.tools import require
 from tests.unit.chart.conftest import CHART, NAMESPACE, Render
 from vigil.v1 import anomaly_pb2, anomaly_pb2_grpc

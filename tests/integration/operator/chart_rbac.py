@@ -19,8 +19,8 @@ import pytest
 import pytest_asyncio
 from kubernetes_asyncio import client
 
-from tests.integration.operator.emulator import ApiCall, KubeEmulator
-from tests.integration.operator.emulator.fixtures import TEST_NAMESPACE
+from kube_emulator import ApiCall, KubeEmulator
+from kube_emulator.fixtures import TEST_NAMESPACE
 from tests.unit.chart.conftest import NAMESPACE, Render
 
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")

@@ -21,7 +21,7 @@ import pytest
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from tests.integration.operator.emulator import (
+from kube_emulator import (
     ADMIN_TOKEN,
     GPU,
     ZONE_LABEL,

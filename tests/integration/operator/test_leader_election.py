@@ -27,7 +27,7 @@ import pytest
 import pytest_asyncio
 from kubernetes_asyncio import client
 
-from tests.integration.operator.emulator import ApiCall, KubeEmulator, OperatorProcess
+from kube_emulator import ApiCall, KubeEmulator, OperatorProcess
 from tests.tools import free_port
 
 pytestmark = [

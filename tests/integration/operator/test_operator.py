@@ -23,8 +23,8 @@ import pytest_asyncio
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from kube_emulator import KubeEmulator, OperatorProcess
 from tests.integration.operator.chart_rbac import OperatorIdentity
-from tests.integration.operator.emulator import KubeEmulator, OperatorProcess
 from tests.tools import free_port
 
 pytestmark = [

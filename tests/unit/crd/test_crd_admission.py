@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.operator.emulator.crd_admission import (
+from kube_emulator.crd_admission import (
     admission_causes,
     lint_causes,
     refusal_message,
@@ -208,8 +208,8 @@ def test_lint_finds_a_printer_column_pointing_at_nothing() -> None:
 
 def test_the_emulator_refuses_such_a_crd_as_the_server_does() -> None:
     """Created through the emulator's API: 422 Invalid with the server's causes."""
-    from tests.integration.operator.emulator.errors import ApiError
-    from tests.integration.operator.emulator.server import KubeEmulator
+    from kube_emulator.errors import ApiError
+    from kube_emulator.server import KubeEmulator
 
     crd = copy.deepcopy(source())
     _empty_scaling_default(crd)

@@ -1,6 +1,6 @@
 """The emulator as its own process, a stand-in for a bare control plane.
 
-``python -m tests.integration.operator.emulator --kubeconfig FILE`` serves
+``python -m kube_emulator --kubeconfig FILE`` serves
 the API over HTTPS on loopback (a throwaway CA: kubectl sends no bearer
 token over plain HTTP) and writes an admin kubeconfig for it once it
 answers (written atomically, so a client polling for the file never reads
@@ -33,7 +33,7 @@ from .server import KubeEmulator
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m tests.integration.operator.emulator")
+    p = argparse.ArgumentParser(prog="python -m kube_emulator")
     p.add_argument("--kubeconfig", type=Path, required=True, help="admin kubeconfig to write")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0: a free port")

@@ -32,7 +32,7 @@ _SUBRESOURCE_KINDS = {
 }
 
 # The repository root, to find the project's CRD (the schema's single source of truth).
-REPO_ROOT = Path(__file__).resolve().parents[4]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_CRD_PATH = REPO_ROOT / "crds" / "models.vigil.dev.yaml"
 RBAC = "rbac.authorization.k8s.io"
 
