@@ -8,9 +8,9 @@ vanish from the next scrape (a labelled Gauge would keep them forever).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -77,80 +77,80 @@ class ModelTable(Collector):
             return self._rows.get(key)
 
     def collect(self) -> Iterator[Metric]:
-        labels = ["namespace", "model"]
-        desired = GaugeMetricFamily(
-            "vigil_model_desired_inference_units",
-            "Inference units the autoscaler wants.",
-            labels=labels,
-        )
-        serving = GaugeMetricFamily(
-            "vigil_model_in_service_inference_units",
-            "Inference units that are Ready.",
-            labels=labels,
-        )
-        lo = GaugeMetricFamily("vigil_model_min_inference_units", "spec.minUnits.", labels=labels)
-        hi = GaugeMetricFamily(
-            "vigil_model_max_inference_units",
-            "spec.maxUnits (minUnits when absent).",
-            labels=labels,
-        )
-        zone = GaugeMetricFamily(
-            "vigil_zone_in_service_inference_units",
-            "Ready inference units per zone.",
-            labels=[*labels, "zone"],
-        )
-        load = GaugeMetricFamily(
-            "vigil_model_observed_load",
-            "Total load the units reported, in the scaling metric.",
-            labels=[*labels, "metric"],
-        )
-        decisions = CounterMetricFamily(
-            "vigil_scaling_decisions", "Changes of desiredUnits.", labels=[*labels, "direction"]
-        )
-        zone_desired = GaugeMetricFamily(
-            "vigil_zone_desired_inference_units",
-            "Inference units placed in each zone (0 in an unhealthy zone).",
-            labels=[*labels, "zone"],
-        )
-        zone_healthy = GaugeMetricFamily(
-            "vigil_zone_healthy",
-            "1 while the zone has a Ready eligible node and no units stuck unschedulable.",
-            labels=[*labels, "zone"],
-        )
-        phase = GaugeMetricFamily(
-            "vigil_model_phase",
-            "1 for the Model's status.phase, 0 for the other phases.",
-            labels=[*labels, "phase"],
-        )
-        with self._lock:
-            rows = {k: v for k, v in self._rows.items()}
-            for (ns, name), row in rows.items():
-                desired.add_metric([ns, name], row.desired)
-                serving.add_metric([ns, name], row.in_service)
-                lo.add_metric([ns, name], row.min_units)
-                hi.add_metric([ns, name], row.max_units)
-                for z, (n, want, healthy) in sorted(row.zones.items()):
-                    zone.add_metric([ns, name, z], n)
-                    zone_desired.add_metric([ns, name, z], want)
-                    zone_healthy.add_metric([ns, name, z], 1.0 if healthy else 0.0)
-                for metric, value in row.load.items():
-                    load.add_metric([ns, name, metric], value)
-                for direction, n in sorted(row.decisions.items()):
-                    decisions.add_metric([ns, name, direction], n)
-                for p in PHASES:
-                    phase.add_metric([ns, name, p], 1.0 if row.phase == p else 0.0)
-        yield from (
-            desired,
-            serving,
-            lo,
-            hi,
-            zone,
-            zone_desired,
-            zone_healthy,
-            load,
-            decisions,
-            phase,
-        )
+        with self._lock:  # rows change under reconciles; read each one whole
+            families = []
+            for name, help_text, extra, samples in FAMILIES:
+                kind = CounterMetricFamily if name in COUNTERS else GaugeMetricFamily
+                family = kind(name, help_text, labels=["namespace", "model", *extra])
+                for (ns, model), row in self._rows.items():
+                    for values, value in samples(row):
+                        family.add_metric([ns, model, *values], value)
+                families.append(family)
+        yield from families
+
+
+Samples = Callable[[ModelSeries], Iterable[tuple[tuple[str, ...], float]]]
+
+# Each per-Model family: name, help, labels beyond (namespace, model), and a
+# row's samples as (those labels' values, value).
+FAMILIES: tuple[tuple[str, str, tuple[str, ...], Samples], ...] = (
+    (
+        "vigil_model_desired_inference_units",
+        "Inference units the autoscaler wants.",
+        (),
+        lambda r: [((), r.desired)],
+    ),
+    (
+        "vigil_model_in_service_inference_units",
+        "Inference units that are Ready.",
+        (),
+        lambda r: [((), r.in_service)],
+    ),
+    ("vigil_model_min_inference_units", "spec.minUnits.", (), lambda r: [((), r.min_units)]),
+    (
+        "vigil_model_max_inference_units",
+        "spec.maxUnits (minUnits when absent).",
+        (),
+        lambda r: [((), r.max_units)],
+    ),
+    (
+        "vigil_zone_in_service_inference_units",
+        "Ready inference units per zone.",
+        ("zone",),
+        lambda r: [((z,), n) for z, (n, _, _) in sorted(r.zones.items())],
+    ),
+    (
+        "vigil_zone_desired_inference_units",
+        "Inference units placed in each zone (0 in an unhealthy zone).",
+        ("zone",),
+        lambda r: [((z,), want) for z, (_, want, _) in sorted(r.zones.items())],
+    ),
+    (
+        "vigil_zone_healthy",
+        "1 while the zone has a Ready eligible node and no units stuck unschedulable.",
+        ("zone",),
+        lambda r: [((z,), 1.0 if ok else 0.0) for z, (_, _, ok) in sorted(r.zones.items())],
+    ),
+    (
+        "vigil_model_observed_load",
+        "Total load the units reported, in the scaling metric.",
+        ("metric",),
+        lambda r: [((m,), v) for m, v in r.load.items()],
+    ),
+    (
+        "vigil_scaling_decisions",
+        "Changes of desiredUnits.",
+        ("direction",),
+        lambda r: [((d,), n) for d, n in sorted(r.decisions.items())],
+    ),
+    (
+        "vigil_model_phase",
+        "1 for the Model's status.phase, 0 for the other phases.",
+        ("phase",),
+        lambda r: [((p,), 1.0 if r.phase == p else 0.0) for p in PHASES],
+    ),
+)
+COUNTERS: Final = frozenset({"vigil_scaling_decisions"})
 
 
 class OperatorMetrics:
