@@ -52,82 +52,100 @@ def parse_address(address: str) -> tuple[str, int] | str:
 # -- server --------------------------------------------------------------------
 
 
-def build_app(runtime: LocalRuntime) -> web.Application:
-    from aiohttp import web
+def _json(body: Any, status: int = 200) -> web.Response:
+    from aiohttp import web  # here: the client side of this module starts without aiohttp
 
-    from vigil_operator.local.store import DEFAULT_NAMESPACE, Invalid
+    return web.json_response(body, status=status)
 
-    def error(status: int, message: str, errors: list[str] | None = None) -> web.Response:
-        return web.json_response({"error": message, "errors": errors or [message]}, status=status)
 
-    def key(request: web.Request) -> tuple[str, str]:
-        return request.match_info["namespace"], request.match_info["name"]
+def _error(status: int, message: str, errors: list[str] | None = None) -> web.Response:
+    return _json({"error": message, "errors": errors or [message]}, status)
 
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
 
-    async def list_models(request: web.Request) -> web.Response:
+def _key(request: web.Request) -> tuple[str, str]:
+    return request.match_info["namespace"], request.match_info["name"]
+
+
+def _no_model(request: web.Request) -> web.Response:
+    return _error(404, f'models.vigil.dev "{_key(request)[1]}" not found')
+
+
+class _Handlers:
+    """One method a route (see the module docstring), over one runtime."""
+
+    def __init__(self, runtime: LocalRuntime) -> None:
+        self.runtime = runtime
+
+    async def healthz(self, _: web.Request) -> web.Response:
+        return _json({"ok": True})
+
+    async def list_models(self, request: web.Request) -> web.Response:
         ns = request.query.get("namespace")
-        items = [m for m in runtime.store if ns is None or m["metadata"]["namespace"] == ns]
-        return web.json_response({"items": items})
+        items = [m for m in self.runtime.store if ns is None or m["metadata"]["namespace"] == ns]
+        return _json({"items": items})
 
-    async def get_model(request: web.Request) -> web.Response:
-        obj = runtime.store.get(key(request))
-        if obj is None:
-            return error(404, f'models.vigil.dev "{key(request)[1]}" not found')
-        return web.json_response(obj)
+    async def get_model(self, request: web.Request) -> web.Response:
+        obj = self.runtime.store.get(_key(request))
+        return _no_model(request) if obj is None else _json(obj)
 
-    async def apply_model(request: web.Request) -> web.Response:
+    async def apply_model(self, request: web.Request) -> web.Response:
+        from vigil_operator.local.store import DEFAULT_NAMESPACE, Invalid
+
         try:
             obj = await request.json()
         except ValueError:
-            return error(400, "the body must be a JSON object")
+            obj = None
         if not isinstance(obj, dict):
-            return error(400, "the body must be a JSON object")
+            return _error(400, "the body must be a JSON object")
         ns = request.query.get("namespace") or DEFAULT_NAMESPACE
         try:
-            result, stored = await runtime.apply(obj, ns)
+            result, stored = await self.runtime.apply(obj, ns)
         except Invalid as exc:
-            return error(422, str(exc), exc.errors)
-        return web.json_response({"result": result, "object": stored})
+            return _error(422, str(exc), exc.errors)
+        return _json({"result": result, "object": stored})
 
-    async def delete_model(request: web.Request) -> web.Response:
-        if not await runtime.delete(key(request)):
-            return error(404, f'models.vigil.dev "{key(request)[1]}" not found')
-        return web.json_response({"result": "deleted"})
+    async def delete_model(self, request: web.Request) -> web.Response:
+        if not await self.runtime.delete(_key(request)):
+            return _no_model(request)
+        return _json({"result": "deleted"})
 
-    async def model_events(request: web.Request) -> web.Response:
-        ctrl = runtime.controllers.get(key(request))
-        if ctrl is None:
-            return error(404, f'models.vigil.dev "{key(request)[1]}" not found')
-        return web.json_response({"items": list(ctrl.events)})
+    async def model_events(self, request: web.Request) -> web.Response:
+        ctrl = self.runtime.controllers.get(_key(request))
+        return _no_model(request) if ctrl is None else _json({"items": list(ctrl.events)})
 
-    async def zones(_: web.Request) -> web.Response:
-        return web.json_response({"items": runtime.zone_list()})
+    async def zones(self, _: web.Request) -> web.Response:
+        return _json({"items": self.runtime.zone_list()})
 
-    async def zone_action(request: web.Request) -> web.Response:
+    async def zone_action(self, request: web.Request) -> web.Response:
+        from vigil_operator.local.store import Invalid
+
         action = request.match_info["action"]
         if action not in ("down", "up"):
-            return error(404, f"no action {action!r}: down or up")
+            return _error(404, f"no action {action!r}: down or up")
         try:
-            result = await runtime.set_zone(request.match_info["zone"], action == "up")
+            result = await self.runtime.set_zone(request.match_info["zone"], action == "up")
         except Invalid as exc:
-            return error(404, str(exc))
-        return web.json_response(result)
+            return _error(404, str(exc))
+        return _json(result)
 
-    async def units(_: web.Request) -> web.Response:
-        return web.json_response({"items": runtime.units()})
+    async def units(self, _: web.Request) -> web.Response:
+        return _json({"items": self.runtime.units()})
 
+
+def build_app(runtime: LocalRuntime) -> web.Application:
+    from aiohttp import web
+
+    h = _Handlers(runtime)
     app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/v1/models", list_models)
-    app.router.add_post("/v1/models", apply_model)
-    app.router.add_get("/v1/models/{namespace}/{name}", get_model)
-    app.router.add_delete("/v1/models/{namespace}/{name}", delete_model)
-    app.router.add_get("/v1/models/{namespace}/{name}/events", model_events)
-    app.router.add_get("/v1/zones", zones)
-    app.router.add_post("/v1/zones/{zone}/{action}", zone_action)
-    app.router.add_get("/v1/units", units)
+    app.router.add_get("/healthz", h.healthz)
+    app.router.add_get("/v1/models", h.list_models)
+    app.router.add_post("/v1/models", h.apply_model)
+    app.router.add_get("/v1/models/{namespace}/{name}", h.get_model)
+    app.router.add_delete("/v1/models/{namespace}/{name}", h.delete_model)
+    app.router.add_get("/v1/models/{namespace}/{name}/events", h.model_events)
+    app.router.add_get("/v1/zones", h.zones)
+    app.router.add_post("/v1/zones/{zone}/{action}", h.zone_action)
+    app.router.add_get("/v1/units", h.units)
     return app
 
 
