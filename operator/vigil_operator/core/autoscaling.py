@@ -155,25 +155,36 @@ def autoscale(
         window = [n for t, n in recs if t >= now - cfg.scale_down_stabilization_s]
         desired = min(current, max(window))
 
-    each = f"{stable / max(ready, 1):.2f} each"
-    if desired > current and panic:
-        reason = (
-            f"{cfg.metric} {short:.2f} over {ready} units exceeds their capacity "
-            f"(target {cfg.target:g} each): {current} -> {desired}"
-        )
-    elif desired > current:
-        reason = (
-            f"{cfg.metric} {stable:.2f} over {ready} units ({each}) > "
-            f"target {cfg.target:g}: {current} -> {desired}"
-        )
-    elif desired < current:  # per unit of the current count: what scaling down changes
-        each = f"{stable / max(current, 1):.2f} each"
-        reason = (
-            f"{cfg.metric} {stable:.2f} over {current} units ({each}) < target "
-            f"{cfg.target:g} for {cfg.scale_down_stabilization_s:g}s: {current} -> {desired}"
-        )
-    else:
-        reason = f"{cfg.metric} {stable:.2f} over {ready} units: steady at {current}"
+    reason = _reason(cfg, current, desired, ready, stable, short, panic)
     decision = Decision(desired, current, reason, panic, stable, rec)
     new_state = ScalingState(samples, recs, panic_until, desired)
     return decision, new_state
+
+
+def _reason(
+    cfg: PolicyConfig,
+    current: int,
+    desired: int,
+    ready: int,
+    stable: float,
+    short: float,
+    panic: bool,
+) -> str:
+    """The decision in numbers, for the ScaledUp/ScaledDown Event and the log."""
+    if desired > current and panic:
+        return (
+            f"{cfg.metric} {short:.2f} over {ready} units exceeds their capacity "
+            f"(target {cfg.target:g} each): {current} -> {desired}"
+        )
+    if desired > current:
+        return (
+            f"{cfg.metric} {stable:.2f} over {ready} units ({stable / max(ready, 1):.2f} each) "
+            f"> target {cfg.target:g}: {current} -> {desired}"
+        )
+    if desired < current:  # per unit of the current count: what scaling down changes
+        return (
+            f"{cfg.metric} {stable:.2f} over {current} units "
+            f"({stable / max(current, 1):.2f} each) < target {cfg.target:g} "
+            f"for {cfg.scale_down_stabilization_s:g}s: {current} -> {desired}"
+        )
+    return f"{cfg.metric} {stable:.2f} over {ready} units: steady at {current}"

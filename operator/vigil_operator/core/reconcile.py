@@ -110,25 +110,8 @@ def reconcile(
     from the status (minUnits at first). It is clamped to [minUnits, maxUnits],
     0 when Stopped.
     """
-    meta = body.get("metadata") or {}
-    name, namespace = str(meta.get("name", "")), str(meta.get("namespace", "default"))
-    generation = int(meta.get("generation") or 0)
-    previous: Mapping[str, Any] = body.get("status") or {}
-    replicas, ready, names = deployment_counts(observed.deployments)
-    facts = StatusFacts(  # as an invalid spec leaves it; a valid one fills in the rest
-        name=name,
-        namespace=namespace,
-        generation=generation,
-        spec=None,
-        zones=[],
-        desired_units=int(previous.get("desiredUnits") or 0),
-        target={},
-        replicas=replicas,
-        ready=ready,
-        previous=previous,
-        now=now,
-        cluster_domain=cluster_domain,
-    )
+    facts = _facts(body, observed, now, cluster_domain)
+    name, namespace, previous = facts.name, facts.namespace, facts.previous
     spec = read_spec(body) if spec is None else spec
     if isinstance(spec, SpecError):
         status = build_status(replace(facts, error=str(spec)))
@@ -139,7 +122,7 @@ def reconcile(
     zones = _zones(spec, observed, previous, now, unschedulable_timeout_s, zone_recovery_s)
     order = remainder_order([z.name for z in zones], f"{namespace}/{name}")
     target = spread(desired, order, {z.name for z in zones if z.healthy})
-    plan = plan_replicas(target, replicas, ready, floor=desired)
+    plan = plan_replicas(target, facts.replicas, facts.ready, floor=desired)
 
     apply = [
         unit_deployment(name, namespace, zone, plan[zone], spec, default_image, default_resources)
@@ -147,7 +130,7 @@ def reconcile(
         if zone in target or plan[zone] > 0
     ]
     apply += [service(name, namespace), pod_disruption_budget(name, namespace, spec.floor)]
-    delete = _emptied(plan, target, names)
+    delete = _emptied(plan, target, observed.deployments)
     status = build_status(
         replace(
             facts,
@@ -162,6 +145,29 @@ def reconcile(
     )
     events = event_messages(previous, status, scaling_reason)
     return Outcome(spec, status, events, apply, delete, zones, target, plan)
+
+
+def _facts(
+    body: Mapping[str, Any], observed: Observed, now: datetime, cluster_domain: str
+) -> StatusFacts:
+    """The status's inputs as an invalid spec leaves them; a valid one fills in the rest."""
+    meta = body.get("metadata") or {}
+    previous: Mapping[str, Any] = body.get("status") or {}
+    replicas, ready, _ = deployment_counts(observed.deployments)
+    return StatusFacts(
+        name=str(meta.get("name", "")),
+        namespace=str(meta.get("namespace", "default")),
+        generation=int(meta.get("generation") or 0),
+        spec=None,
+        zones=[],
+        desired_units=int(previous.get("desiredUnits") or 0),
+        target={},
+        replicas=replicas,
+        ready=ready,
+        previous=previous,
+        now=now,
+        cluster_domain=cluster_domain,
+    )
 
 
 def _zones(
@@ -187,9 +193,12 @@ def _zones(
 
 
 def _emptied(
-    plan: Mapping[str, int], target: Mapping[str, int], names: Mapping[str, str]
+    plan: Mapping[str, int],
+    target: Mapping[str, int],
+    deployments: Sequence[Mapping[str, Any]],
 ) -> list[str]:
     """Deployments of zones that left the placement and have drained to 0."""
+    names = deployment_counts(deployments)[2]
     return sorted(names[z] for z in plan if z not in target and plan[z] == 0 and z in names)
 
 
