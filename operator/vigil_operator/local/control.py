@@ -33,7 +33,7 @@ from vigil_operator.core.reconcile import Observed, Outcome
 from vigil_operator.core.spec import ModelSpec
 from vigil_operator.core.status import Event, format_time
 from vigil_operator.local import world
-from vigil_operator.local.deployments import Replica, plan_zone
+from vigil_operator.local.deployments import plan_zone
 from vigil_operator.local.documents import artifact_file
 from vigil_operator.local.proxy import Backend, ClientEndpoint, RouteError
 from vigil_operator.local.settings import LOCAL_IMAGE, LocalConfig
@@ -170,13 +170,10 @@ class LocalModel:
 
     def _sync(self) -> None:
         """The Deployment controller's part: each zone towards its replicas."""
-        live = [u for u in self.units.values() if not u.deleting]
-        for zone in sorted(set(self.replicas) | {u.zone for u in live}):
-            here = [u for u in live if u.zone == zone]
-            replicas = [
-                Replica(u.name, u.template, u.ready, u.ready_since, u.created_mono) for u in here
-            ]
-            start, stop = plan_zone(replicas, self.replicas.get(zone, 0), self.template)
+        live = [v for v in self.views() if not v.terminating]
+        for zone in sorted(set(self.replicas) | {v.zone for v in live}):
+            here = [v for v in live if v.zone == zone]
+            start, stop = plan_zone(here, self.replicas.get(zone, 0), self.template)
             for name in stop:
                 self._delete_unit(self.units[name])
             for _ in range(start):

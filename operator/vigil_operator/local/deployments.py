@@ -12,42 +12,33 @@ Deployments the operator writes do: a new unit first, an old one only once
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+from vigil_operator.local.world import UnitView
 
 
-@dataclass(frozen=True)
-class Replica:
-    """What the controller knows of a live (not terminating) unit."""
-
-    name: str
-    template: str  # what the unit runs (the artifact path); a change rolls units over
-    ready: bool
-    ready_since: float | None = None  # monotonic seconds; None when not Ready
-    created: float = 0.0
-
-
-def removal_order(units: Sequence[Replica]) -> list[Replica]:
+def removal_order(units: Sequence[UnitView]) -> list[UnitView]:
     """Units in the order a ReplicaSet removes them: not Ready before Ready, newer
     before older among the not Ready, the most recently Ready first among the Ready."""
 
-    def rank(u: Replica) -> tuple[int, float]:
+    def rank(u: UnitView) -> tuple[int, float]:
         if not u.ready:
-            return (0, -u.created)
+            return (0, -u.created_mono)
         return (1, -(u.ready_since or 0.0))
 
     return sorted(units, key=rank)
 
 
 def plan_zone(
-    units: Sequence[Replica], replicas: int, template: str, max_surge: int = 1
+    units: Sequence[UnitView], replicas: int, template: str, max_surge: int = 1
 ) -> tuple[int, list[str]]:
-    """(units to start, names of units to stop) so the zone moves towards
+    """(units to start, names of units to stop) so the zone's live (not
+    terminating) `units` move towards
     `replicas` units of `template` without fewer than `replicas` Ready ones
     while old units serve (maxUnavailable 0)."""
     replicas = max(replicas, 0)
     new = [u for u in units if u.template == template]
     old = [u for u in units if u.template != template]
-    stop: list[Replica] = []
+    stop: list[UnitView] = []
     if len(new) > replicas:
         extra = removal_order(new)[: len(new) - replicas]
         stop += extra

@@ -28,12 +28,17 @@ Obj = dict[str, Any]
 
 @dataclass(frozen=True)
 class UnitView:
-    """A snapshot of one unit (a supervised `vigil serve` process)."""
+    """A snapshot of one unit (a supervised `vigil serve` process): what the
+    pure parts of the local shell read of it (its Pod, the zone's Deployment,
+    and the Deployment controller's choices in `deployments`)."""
 
     name: str
     uid: str
     zone: str
     created: datetime
+    template: str = ""  # what it runs (the artifact path); a change rolls units over
+    created_mono: float = 0.0  # monotonic seconds, for the removal order
+    ready_since: float | None = None  # monotonic seconds; None when not Ready
     phase: Phase = "Pending"
     ready: bool = False
     terminating: bool = False

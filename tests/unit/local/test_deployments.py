@@ -3,15 +3,27 @@ artifact over with maxSurge 1 and maxUnavailable 0."""
 
 from __future__ import annotations
 
-from vigil_operator.local.deployments import Replica, plan_zone, removal_order
+from datetime import UTC, datetime
+
+from vigil_operator.local.deployments import plan_zone, removal_order
+from vigil_operator.local.world import UnitView
 
 V1, V2 = "/m/v1.vigil", "/m/v2.vigil"
 
 
 def r(
     name: str, ready: bool = True, template: str = V1, since: float = 0, created: float = 0
-) -> Replica:
-    return Replica(name, template, ready, since if ready else None, created)
+) -> UnitView:
+    return UnitView(
+        name,
+        uid=name,
+        zone="a",
+        created=datetime(2025, 3, 1, tzinfo=UTC),
+        template=template,
+        created_mono=created,
+        ready=ready,
+        ready_since=since if ready else None,
+    )
 
 
 def test_scales_up_and_down_to_replicas() -> None:
