@@ -30,6 +30,7 @@ import numpy as np
 # workers find them too.
 from vigil_inference.images import inspect_image
 from vigil_inference.model import AnomalyModel, Detection
+from vigil_inference.options import ServingConfig
 
 MODEL_NAME = "vigil"
 OUTPUTS = (
@@ -227,7 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--http-port", type=int, required=True)
     p.add_argument("--metrics-port", type=int, required=True)
     p.add_argument("--max-batch-size", type=int, default=4)
-    p.add_argument("--max-batch-delay-ms", type=float, default=5.0)
+    p.add_argument(
+        "--max-batch-delay-ms", type=float, default=ServingConfig.max_batch_delay_s * 1000
+    )
     args = p.parse_args(argv)
     {"triton": serve_triton, "kserve": serve_kserve, "ray": serve_ray}[args.peer](args)
     return 0
