@@ -31,6 +31,7 @@ from vigil.v1 import anomaly_pb2, anomaly_pb2_grpc
 from vigil.v1.wire import MAX_REQUEST_BYTES, SERVICE_NAME
 from vigil_inference.batcher import Closed, DynamicBatcher, Overloaded
 from vigil_inference.images import InvalidImage, inspect_image
+from vigil_inference.messages import result_message
 from vigil_inference.metrics import InferenceMetrics, MetricsServer
 from vigil_inference.model import AnomalyModel, Detection
 from vigil_inference.options import ServeOptions, ServingConfig
@@ -108,25 +109,6 @@ class DetectionService:
         return det
 
 
-def _result_message(det: Detection) -> anomaly_pb2.DetectAnomalyResult:
-    anomalies = [
-        anomaly_pb2.Anomaly(
-            name=name,
-            pixel_anomaly=anomaly_pb2.PixelAnomaly(total_percentage_area=area, color=color),
-        )
-        for name, color, area in det.anomalies
-    ]
-    return anomaly_pb2.DetectAnomalyResult(
-        is_anomalous=det.is_anomalous,
-        confidence=det.confidence,
-        anomaly_score=det.anomaly_score,
-        threshold=det.threshold,
-        anomalies=anomalies,
-        anomaly_mask=det.mask_png or b"",
-        model_version=det.model_version,
-    )
-
-
 def _description(model: AnomalyModel, config: ServingConfig) -> anomaly_pb2.ModelDescription:
     info = model.info
     return anomaly_pb2.ModelDescription(
@@ -175,7 +157,7 @@ class AnomalyDetectionServicer(anomaly_pb2_grpc.AnomalyDetectionServicer):
             det = await self._service.detect(
                 request.image, request.content_type, request.return_mask
             )
-            return anomaly_pb2.DetectAnomaliesResponse(result=_result_message(det))
+            return anomaly_pb2.DetectAnomaliesResponse(result=result_message(det))
         except InvalidImage as exc:
             code, message = grpc.StatusCode.INVALID_ARGUMENT, f"invalid image: {exc}"
         except Overloaded as exc:
