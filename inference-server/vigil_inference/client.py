@@ -18,7 +18,7 @@ from google.protobuf import json_format
 
 from vigil.v1 import anomaly_pb2, anomaly_pb2_grpc
 from vigil.v1.wire import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
-from vigil_inference.options import DetectOptions
+from vigil_inference.options import DetectOptions, from_flags
 
 # Room for a large image out and a 4096x4096 mask back.
 _CHANNEL_OPTIONS: Final = [
@@ -104,14 +104,9 @@ def _detect_one(
     return lookout if lookout is not None else out
 
 
-def detect_options(args: argparse.Namespace) -> DetectOptions:
-    """`vigil detect`'s flags as one typed object (defaults: `options`)."""
-    return DetectOptions(timeout_s=args.timeout, format=args.format)
-
-
 def detect_command(args: argparse.Namespace) -> int:
     """`vigil detect`: every image is tried; exit 1 if any failed."""
-    options = detect_options(args)
+    options = from_flags(DetectOptions, args, timeout_s=args.timeout)
     mask_dir = Path(args.mask_dir) if args.mask_dir else None
     if mask_dir is not None:
         mask_dir.mkdir(parents=True, exist_ok=True)

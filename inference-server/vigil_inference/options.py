@@ -9,15 +9,17 @@ this module, and `vigil --help` and `vigil detect` must start without torch.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
-from typing import Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 # Without anomalous examples, the share of normal images the threshold is set
 # to flag. The highest held-out normal score (the old rule) sits near the
 # 1/(n+1) quantile of n held-out images and missed most real defects.
 DEFAULT_TARGET_FPR: Final = 0.05
 
+T = TypeVar("T")
 DetectFormat = Literal["vigil", "lookout"]
 DETECT_FORMATS: Final[tuple[DetectFormat, ...]] = ("vigil", "lookout")
 
@@ -83,3 +85,12 @@ class DetectOptions:
 
     timeout_s: float = 30.0  # per request
     format: DetectFormat = "vigil"
+
+
+def from_flags(cls: type[T], args: argparse.Namespace, **given: Any) -> T:
+    """`cls` from parsed flags: each field a flag of the same name set (not
+    None), then `given`; the others keep their defaults. Flags are named for
+    the fields, so no setting is spelled out a third time between them."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    flags = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    return cls(**{**flags, **given})

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import logging
 import signal
@@ -34,7 +33,7 @@ from vigil_inference.images import InvalidImage, inspect_image
 from vigil_inference.messages import result_message
 from vigil_inference.metrics import InferenceMetrics, MetricsServer
 from vigil_inference.model import AnomalyModel, Detection
-from vigil_inference.options import ServeOptions, ServingConfig
+from vigil_inference.options import ServeOptions, ServingConfig, from_flags
 
 log = logging.getLogger("vigil.serve")
 
@@ -289,22 +288,9 @@ async def _serve(model: AnomalyModel, options: ServeOptions) -> int:
 
 def serve_options(args: argparse.Namespace) -> ServeOptions:
     """`vigil serve`'s flags as one typed object (defaults: `options`)."""
-    serving = ServingConfig(
-        max_batch_size=args.max_batch_size,
-        max_batch_delay_s=args.max_batch_delay_ms / 1000.0,
-        max_queue=args.max_queue,
-    )
-    if args.prepare_workers is not None:
-        serving = dataclasses.replace(serving, prepare_workers=args.prepare_workers)
-    return ServeOptions(
-        host=args.host,
-        port=args.port,
-        metrics_port=args.metrics_port,
-        device=args.device,
-        runtime=args.runtime,
-        grace_seconds=args.grace_seconds,
-        serving=serving,
-    )
+    delay_s = args.max_batch_delay_ms / 1000.0
+    serving = from_flags(ServingConfig, args, max_batch_delay_s=delay_s)
+    return from_flags(ServeOptions, args, serving=serving)
 
 
 def serve_command(args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ from vigil_inference.artifact import Artifact, save_artifact, tensors_sha256
 from vigil_inference.backbones import get_spec, layer_indices
 from vigil_inference.images import InvalidImage, inspect_image, to_model_input
 from vigil_inference.model import AnomalyModel, resolve_device
-from vigil_inference.options import TrainConfig
+from vigil_inference.options import TrainConfig, from_flags
 from vigil_inference.patchcore import PatchCoreScorer, PatchEmbedder, k_center_greedy
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
@@ -529,21 +529,6 @@ def summary(result: TrainResult) -> str:
     return "\n".join(lines)
 
 
-def train_config(args: argparse.Namespace) -> TrainConfig:
-    """`vigil train`'s flags as one typed object (defaults: `options`)."""
-    return TrainConfig(
-        input_size=args.input_size,
-        backbone=args.backbone,
-        target_fpr=args.target_fpr,
-        coreset_ratio=args.coreset_ratio,
-        max_bank=args.max_bank,
-        holdout=args.holdout,
-        seed=args.seed,
-        device=args.device,
-        version=args.version,
-    )
-
-
 def train_command(args: argparse.Namespace) -> int:
     """`vigil train`: fit, save, print the evaluation."""
     if args.manifest and (args.normal or args.anomalous):
@@ -552,7 +537,7 @@ def train_command(args: argparse.Namespace) -> int:
     if not args.manifest and not args.normal:
         print("vigil train: error: give --normal DIR or --manifest FILE", file=sys.stderr)
         return 2
-    cfg = train_config(args)
+    cfg = from_flags(TrainConfig, args)
     if args.manifest:
         from vigil_inference.lookout_train import train_datasets
 
