@@ -136,11 +136,3 @@ def add_commands(sub: Subparsers) -> None:
     _add_train(sub)
     _add_serve(sub)
     _add_detect(sub)
-
-
-if __name__ == "__main__":  # `python -m vigil_inference.cli`, as before: the same as `vigil`
-    import sys
-
-    from vigil_cli.main import main
-
-    sys.exit(main())
