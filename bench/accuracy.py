@@ -48,14 +48,14 @@ sys.path.insert(0, str(ROOT / "inference-server"))
 
 from vigil_inference import synthetic  # noqa: E402
 from vigil_inference.evaluation import (  # noqa: E402
-    DEFAULT_TARGET_FPR,
     auroc,
     normal_only_threshold,
     precision_recall_f1,
 )
 from vigil_inference.images import inspect_image  # noqa: E402
 from vigil_inference.model import AnomalyModel  # noqa: E402
-from vigil_inference.trainer import TrainConfig, TrainResult, train  # noqa: E402
+from vigil_inference.options import DEFAULT_TARGET_FPR, TrainConfig  # noqa: E402
+from vigil_inference.trainer import TrainResult, train  # noqa: E402
 
 TUNED = ("brick", "grass", "gravel")
 HELD_OUT = ("immunohistochemistry", "moon")

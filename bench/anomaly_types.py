@@ -47,7 +47,8 @@ from vigil_inference.images import inspect_image  # noqa: E402
 from vigil_inference.lookout import read_datasets  # noqa: E402
 from vigil_inference.lookout_train import plan, train_datasets  # noqa: E402
 from vigil_inference.model import AnomalyModel, build_scorer  # noqa: E402
-from vigil_inference.trainer import TrainConfig, load_image  # noqa: E402
+from vigil_inference.options import TrainConfig  # noqa: E402
+from vigil_inference.trainer import load_image  # noqa: E402
 
 TYPES = ("scratch", "blotch", "patch")
 

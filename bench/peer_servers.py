@@ -29,7 +29,9 @@ import numpy as np
 # this venv's protobuf, on the venv's path (a .pth file), so that Ray's
 # workers find them too.
 from vigil_inference.images import inspect_image
+from vigil_inference.messages import result_message
 from vigil_inference.model import AnomalyModel, Detection
+from vigil_inference.options import ServingConfig
 
 MODEL_NAME = "vigil"
 OUTPUTS = (
@@ -185,7 +187,7 @@ def serve_ray(args: argparse.Namespace) -> None:
         @serve.batch(max_batch_size=batch_size, batch_wait_timeout_s=wait_s)  # type: ignore[misc]
         async def DetectAnomalies(self, requests: list[Any]) -> list[Any]:
             dets = self.scorer.score([r.image for r in requests])
-            return [anomaly_pb2.DetectAnomaliesResponse(result=_result(d)) for d in dets]
+            return [anomaly_pb2.DetectAnomaliesResponse(result=result_message(d)) for d in dets]
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(
@@ -201,24 +203,6 @@ def serve_ray(args: argparse.Namespace) -> None:
     serve.run(Scorer.bind(), name=MODEL_NAME, route_prefix="/", blocking=True)
 
 
-def _result(det: Detection) -> Any:
-    """The DetectAnomalyResult `vigil serve` builds (server._result_message)."""
-    from vigil.v1 import anomaly_pb2
-
-    anomalies = []
-    if det.area_fraction > 0:
-        pixel = anomaly_pb2.PixelAnomaly(total_percentage_area=det.area_fraction, color="#FF0000")
-        anomalies.append(anomaly_pb2.Anomaly(name="anomaly", pixel_anomaly=pixel))
-    return anomaly_pb2.DetectAnomalyResult(
-        is_anomalous=det.is_anomalous,
-        confidence=det.confidence,
-        anomaly_score=det.anomaly_score,
-        threshold=det.threshold,
-        anomalies=anomalies,
-        model_version=det.model_version,
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("peer", choices=("triton", "kserve", "ray"))
@@ -227,7 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--http-port", type=int, required=True)
     p.add_argument("--metrics-port", type=int, required=True)
     p.add_argument("--max-batch-size", type=int, default=4)
-    p.add_argument("--max-batch-delay-ms", type=float, default=5.0)
+    p.add_argument(
+        "--max-batch-delay-ms", type=float, default=ServingConfig.max_batch_delay_s * 1000
+    )
     args = p.parse_args(argv)
     {"triton": serve_triton, "kserve": serve_kserve, "ray": serve_ray}[args.peer](args)
     return 0

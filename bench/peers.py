@@ -49,6 +49,7 @@ from tritonclient.grpc import service_pb2 as v2
 
 from vigil.v1 import anomaly_pb2
 from vigil_inference import synthetic
+from vigil_inference.options import ServingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ("triton", "kserve", "ray")
@@ -420,7 +421,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # 1: on the 2-core development VM, batches of 4 served about half the
     # images/s of single images in every batching server (docs/benchmarks.md).
     p.add_argument("--max-batch-size", type=int, default=1, help="for every server")
-    p.add_argument("--max-batch-delay-ms", type=float, default=5.0, help="for every server")
+    delay_ms = ServingConfig.max_batch_delay_s * 1000  # `vigil serve`'s
+    p.add_argument("--max-batch-delay-ms", type=float, default=delay_ms, help="for every server")
     p.add_argument("--seconds", type=float, default=4.0, help="measuring time per point")
     p.add_argument("--warmup", type=float, default=1.5, help="unmeasured seconds per point")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds; best kept")

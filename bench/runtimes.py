@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT / "inference-server"))
 from vigil_inference import synthetic  # noqa: E402
 from vigil_inference.artifact import load_artifact  # noqa: E402
 from vigil_inference.model import AnomalyModel, build_scorer  # noqa: E402
-from vigil_inference.trainer import TrainConfig, train  # noqa: E402
+from vigil_inference.options import TrainConfig  # noqa: E402
+from vigil_inference.trainer import train  # noqa: E402
 
 Predict = Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray]]
 

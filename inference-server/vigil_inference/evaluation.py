@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
+from vigil_inference.options import DEFAULT_TARGET_FPR
+
 
 @dataclass(frozen=True)
 class Scores:
@@ -58,10 +60,6 @@ def f1_optimal_threshold(scores: ArrayLike, labels: ArrayLike) -> float:
     return best_t
 
 
-# Without anomalous examples, the share of normal images the threshold is set
-# to flag. The highest held-out normal score (the old rule) sits near the
-# 1/(n+1) quantile of n held-out images and missed most real defects.
-DEFAULT_TARGET_FPR = 0.05
 EULER_GAMMA = 0.5772156649015329
 MIN_FIT = 5  # fewer held-out scores than this: no fit, the highest one
 

@@ -17,7 +17,8 @@ import numpy as np
 
 from vigil_inference import anomaly_types
 from vigil_inference.lookout import Dataset, DatasetError, Entry, read_datasets
-from vigil_inference.trainer import TrainConfig, TrainResult, train
+from vigil_inference.options import TrainConfig
+from vigil_inference.trainer import TrainResult, train
 
 
 def _typed(

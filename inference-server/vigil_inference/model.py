@@ -202,6 +202,15 @@ class _OrtRunner:
         return tuple(np.asarray(o) for o in self.session.run(None, {"pixels": batch}))
 
 
+def _full_size(amap: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """The anomaly map resized (bilinear) to the image's (width, height), for its mask."""
+    w, h = image_size
+    if (h, w) == amap.shape:
+        return amap
+    full = Image.fromarray(amap.astype(np.float32), mode="F")
+    return np.asarray(full.resize((w, h), Image.Resampling.BILINEAR))
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
@@ -307,16 +316,23 @@ class AnomalyModel:
         mask_png = None
         if return_mask:
             w, h = image_size
-            full = amap
-            if (h, w) != amap.shape:
-                full_img = Image.fromarray(amap.astype(np.float32), mode="F")
-                full = np.asarray(full_img.resize((w, h), Image.Resampling.BILINEAR))
             rgb = np.zeros((h, w, 3), dtype=np.uint8)
-            rgb[full > self.threshold] = _MASK_RGB
+            rgb[_full_size(amap, image_size) > self.threshold] = _MASK_RGB
             buf = io.BytesIO()
             Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
             mask_png = buf.getvalue()
         area = float((amap > self.threshold).mean())
+        found = ((ANOMALY_NAME, ANOMALY_COLOR, area),) if area > 0 else ()
+        return self._answer(score, area, mask_png, found)
+
+    def _answer(
+        self,
+        score: float,
+        area: float,
+        mask_png: bytes | None,
+        anomalies: tuple[tuple[str, str, float], ...],
+    ) -> Detection:
+        """What the plain and the typed answer share: verdict, confidence, model."""
         return Detection(
             is_anomalous=bool(score > self.threshold),
             confidence=self.confidence(score),
@@ -325,7 +341,7 @@ class AnomalyModel:
             area_fraction=area,
             mask_png=mask_png,
             model_version=self.info.model_version,
-            anomalies=((ANOMALY_NAME, ANOMALY_COLOR, area),) if area > 0 else (),
+            anomalies=anomalies,
         )
 
     def _typed_detection(
@@ -346,25 +362,14 @@ class AnomalyModel:
         mask_png = None
         if return_mask:
             w, h = image_size
-            full, names = amap, per_pixel
+            names = per_pixel
             if (h, w) != amap.shape:
-                full_img = Image.fromarray(amap.astype(np.float32), mode="F")
-                full = np.asarray(full_img.resize((w, h), Image.Resampling.BILINEAR))
                 names_img = Image.fromarray(per_pixel).resize((w, h), Image.Resampling.NEAREST)
                 names = np.asarray(names_img)
-            mask_png = anomaly_types.paint(
-                names, full > self.threshold, self.types, self.background_color
-            )
-        return Detection(
-            is_anomalous=bool(score > self.threshold),
-            confidence=self.confidence(score),
-            anomaly_score=float(score),
-            threshold=self.threshold,
-            area_fraction=area,
-            mask_png=mask_png,
-            model_version=self.info.model_version,
-            anomalies=((BACKGROUND_NAME, self.background_color, 1.0 - area), *found),
-        )
+            above = _full_size(amap, image_size) > self.threshold
+            mask_png = anomaly_types.paint(names, above, self.types, self.background_color)
+        background = (BACKGROUND_NAME, self.background_color, 1.0 - area)
+        return self._answer(score, area, mask_png, (background, *found))
 
     def warmup(self, max_batch_size: int) -> None:
         """Run the batch sizes the server will use once, before reporting SERVING."""

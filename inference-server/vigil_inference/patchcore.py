@@ -70,6 +70,18 @@ def gaussian_kernel1d(sigma: float) -> torch.Tensor:
     return k / k.sum()
 
 
+def squared_distances(
+    feats: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor
+) -> torch.Tensor:
+    """[N, D, h, w] features -> [N*h*w, M] squared distances (fp32) to the M
+    rows of `bank`, whose squared norms are `bank_sq`. |a - b|^2 = |a|^2 -
+    2 a.b + |b|^2: one matmul instead of cdist's copies."""
+    n, d, h, w = feats.shape
+    flat = feats.float().permute(0, 2, 3, 1).reshape(n * h * w, d)
+    d2 = (flat * flat).sum(dim=1, keepdim=True) - 2.0 * flat @ bank.T
+    return d2 + bank_sq.unsqueeze(0)
+
+
 class PatchCoreScorer(nn.Module):
     """Pixels -> (scores [N], anomaly maps [N, H, W]).
 
@@ -99,12 +111,9 @@ class PatchCoreScorer(nn.Module):
 
     def patch_distances(self, feats: torch.Tensor) -> torch.Tensor:
         """[N, D, h, w] features -> [N, 1, h, w] nearest-neighbour distances (fp32)."""
-        n, d, h, w = feats.shape
-        flat = feats.float().permute(0, 2, 3, 1).reshape(n * h * w, d)
-        # |a - b|^2 = |a|^2 - 2 a.b + |b|^2: one matmul instead of cdist's copies.
-        d2 = (flat * flat).sum(dim=1, keepdim=True) - 2.0 * flat @ self.memory_bank.T
-        nearest = (d2 + self.bank_sq.unsqueeze(0)).amin(dim=1).clamp_min(0.0).sqrt()
-        return nearest.reshape(n, 1, h, w)
+        n, _, h, w = feats.shape
+        d2 = squared_distances(feats, self.memory_bank, self.bank_sq)
+        return d2.amin(dim=1).clamp_min(0.0).sqrt().reshape(n, 1, h, w)
 
     def smooth(self, patch_scores: torch.Tensor) -> torch.Tensor:
         """[N, 1, h, w] -> [N, H, W] upsampled and Gaussian-smoothed map."""

@@ -13,10 +13,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import logging
-import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,8 +30,10 @@ from vigil.v1 import anomaly_pb2, anomaly_pb2_grpc
 from vigil.v1.wire import MAX_REQUEST_BYTES, SERVICE_NAME
 from vigil_inference.batcher import Closed, DynamicBatcher, Overloaded
 from vigil_inference.images import InvalidImage, inspect_image
+from vigil_inference.messages import result_message
 from vigil_inference.metrics import InferenceMetrics, MetricsServer
 from vigil_inference.model import AnomalyModel, Detection
+from vigil_inference.options import ServeOptions, ServingConfig, from_flags
 
 log = logging.getLogger("vigil.serve")
 
@@ -43,26 +43,6 @@ _NOT_SERVING: Final = health_pb2.HealthCheckResponse.NOT_SERVING
 
 Scored = tuple[float, np.ndarray, np.ndarray | None]  # score, map, per-patch types
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def _cpus() -> int:
-    """CPUs this process may run on (a container's cpuset, not the host's)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-@dataclasses.dataclass(frozen=True)
-class ServingConfig:
-    """Batching and admission limits of one unit."""
-
-    max_batch_size: int = 16
-    max_batch_delay_s: float = 0.005
-    max_queue: int = 64
-    # Decoding threads. The model's runtime already uses every core, so more
-    # decoders than spare cores slow the model down (2 cores: 1 decoder
-    # serves ~20 % more images/s than 2).
-    prepare_workers: int = min(4, max(1, _cpus() - 1))
 
 
 class DetectionService:
@@ -128,25 +108,6 @@ class DetectionService:
         return det
 
 
-def _result_message(det: Detection) -> anomaly_pb2.DetectAnomalyResult:
-    anomalies = [
-        anomaly_pb2.Anomaly(
-            name=name,
-            pixel_anomaly=anomaly_pb2.PixelAnomaly(total_percentage_area=area, color=color),
-        )
-        for name, color, area in det.anomalies
-    ]
-    return anomaly_pb2.DetectAnomalyResult(
-        is_anomalous=det.is_anomalous,
-        confidence=det.confidence,
-        anomaly_score=det.anomaly_score,
-        threshold=det.threshold,
-        anomalies=anomalies,
-        anomaly_mask=det.mask_png or b"",
-        model_version=det.model_version,
-    )
-
-
 def _description(model: AnomalyModel, config: ServingConfig) -> anomaly_pb2.ModelDescription:
     info = model.info
     return anomaly_pb2.ModelDescription(
@@ -195,7 +156,7 @@ class AnomalyDetectionServicer(anomaly_pb2_grpc.AnomalyDetectionServicer):
             det = await self._service.detect(
                 request.image, request.content_type, request.return_mask
             )
-            return anomaly_pb2.DetectAnomaliesResponse(result=_result_message(det))
+            return anomaly_pb2.DetectAnomaliesResponse(result=result_message(det))
         except InvalidImage as exc:
             code, message = grpc.StatusCode.INVALID_ARGUMENT, f"invalid image: {exc}"
         except Overloaded as exc:
@@ -291,12 +252,13 @@ def _metrics_server(metrics: InferenceMetrics, host: str, port: int) -> MetricsS
     return MetricsServer(metrics.registry, port, host=bare)
 
 
-async def _serve(model: AnomalyModel, args: argparse.Namespace, config: ServingConfig) -> int:
+async def _serve(model: AnomalyModel, options: ServeOptions) -> int:
+    config = options.serving
     metrics = InferenceMetrics()
-    metrics_server = _metrics_server(metrics, args.host, args.metrics_port)
+    metrics_server = _metrics_server(metrics, options.host, options.metrics_port)
     try:
         unit, port = create_server(
-            model, f"{args.host}:{args.port}", config=config, metrics=metrics
+            model, f"{options.host}:{options.port}", config=config, metrics=metrics
         )
         await unit.start()
         stop = asyncio.Event()
@@ -315,12 +277,20 @@ async def _serve(model: AnomalyModel, args: argparse.Namespace, config: ServingC
             config.max_queue,
         )
         await stop.wait()
-        log.info("shutting down: draining in-flight requests for up to %gs", args.grace_seconds)
-        await unit.stop(args.grace_seconds)
+        grace = options.grace_seconds
+        log.info("shutting down: draining in-flight requests for up to %gs", grace)
+        await unit.stop(grace)
         log.info("stopped")
     finally:
         metrics_server.close()
     return 0
+
+
+def serve_options(args: argparse.Namespace) -> ServeOptions:
+    """`vigil serve`'s flags as one typed object (defaults: `options`)."""
+    delay_s = args.max_batch_delay_ms / 1000.0
+    serving = from_flags(ServingConfig, args, max_batch_delay_s=delay_s)
+    return from_flags(ServeOptions, args, serving=serving)
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -328,13 +298,7 @@ def serve_command(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    config = ServingConfig(
-        max_batch_size=args.max_batch_size,
-        max_batch_delay_s=args.max_batch_delay_ms / 1000.0,
-        max_queue=args.max_queue,
-    )
-    if args.prepare_workers is not None:
-        config = dataclasses.replace(config, prepare_workers=args.prepare_workers)
-    model = AnomalyModel.load(args.model, device=args.device, runtime=args.runtime)
-    model.warmup(config.max_batch_size)
-    return asyncio.run(_serve(model, args, config))
+    options = serve_options(args)
+    model = AnomalyModel.load(args.model, device=options.device, runtime=options.runtime)
+    model.warmup(options.serving.max_batch_size)
+    return asyncio.run(_serve(model, options))

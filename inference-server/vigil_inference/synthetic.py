@@ -7,8 +7,11 @@ downloaded. Every image is a function of its seed.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Final
 
 import numpy as np
 from PIL import Image
@@ -175,6 +178,75 @@ def typed_defective(
     return image, mask
 
 
+# Ground Truth's metadata for a human-labelled image-classification entry.
+_LABEL_META: Final[dict[str, Any]] = {
+    "class-name": "normal",
+    "human-annotated": "yes",
+    "type": "groundtruth/image-classification",
+    "job-name": "labeling-job/classification-job",
+    "confidence": 1,
+}
+
+
+def _internal_color_map(types: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """Ground Truth's `internal-color-map` of a segmentation entry: class
+    index to name and colour, the background as class 0."""
+    color_map = {"0": {"class-name": "BACKGROUND", "hex-color": BACKGROUND_COLOR.lower()}}
+    for i, kind in enumerate(types, start=1):
+        color_map[str(i)] = {"class-name": kind, "hex-color": TYPE_COLORS[kind].lower()}
+    return color_map
+
+
+def _write_normal(
+    folder: Path, base: int, n: int, size: int, ref: Callable[[Path], str]
+) -> list[dict[str, Any]]:
+    """A split's normal images under `normal/`; returns their manifest lines."""
+    lines: list[dict[str, Any]] = []
+    for i in range(n):
+        path = folder / "normal" / f"normal-{i:04d}.png"
+        Image.fromarray(normal(base + i, size).image).save(path)
+        lines.append(
+            {"source-ref": ref(path), "anomaly-label": 0, "anomaly-label-metadata": _LABEL_META}
+        )
+    return lines
+
+
+def _write_anomalies(
+    folder: Path,
+    base: int,
+    kinds: Sequence[tuple[str, ...]],
+    size: int,
+    ref: Callable[[Path], str],
+    color_map: dict[str, dict[str, str]],
+) -> list[dict[str, Any]]:
+    """A split's anomalies under `anomaly/`, one per entry of `kinds` (the
+    types it shows), with colour-coded masks under `masks/`; returns their
+    manifest lines, which name the mask and its colour map as Ground Truth's
+    segmentation jobs do."""
+    lines: list[dict[str, Any]] = []
+    for i, combo in enumerate(kinds):
+        image, mask = typed_defective(base + 10_000 + i, combo, size)
+        name = f"{'-'.join(combo)}-{i:04d}.png"
+        img_path, mask_path = folder / "anomaly" / name, folder / "masks" / name
+        Image.fromarray(image).save(img_path)
+        Image.fromarray(mask).save(mask_path)
+        lines.append(
+            {
+                "source-ref": ref(img_path),
+                "anomaly-label": 1,
+                "anomaly-label-metadata": {**_LABEL_META, "class-name": "anomaly"},
+                "anomaly-mask-ref": ref(mask_path),
+                "anomaly-mask-ref-metadata": {
+                    "internal-color-map": color_map,
+                    "type": "groundtruth/semantic-segmentation",
+                    "human-annotated": "yes",
+                    "job-name": "labeling-job/segmentation-job",
+                },
+            }
+        )
+    return lines
+
+
 def write_lookout_dataset(
     root: Path,
     n_normal: int,
@@ -191,11 +263,13 @@ def write_lookout_dataset(
     `root`, or under `s3_uri` (as an export to S3 writes them) when given.
     Each split has `n_normal` normal images, `n_per_type` anomalies of each
     type and `n_mixed` showing every type at once. Returns the paths by name."""
-    import json
+    color_map = _internal_color_map(types)
+    kinds = [(kind,) for kind in types for _ in range(n_per_type)] + [types] * n_mixed
 
-    color_map = {"0": {"class-name": "BACKGROUND", "hex-color": BACKGROUND_COLOR.lower()}}
-    for i, kind in enumerate(types, start=1):
-        color_map[str(i)] = {"class-name": kind, "hex-color": TYPE_COLORS[kind].lower()}
+    def ref(path: Path) -> str:
+        rel = path.relative_to(root).as_posix()
+        return f"{s3_uri.rstrip('/')}/{rel}" if s3_uri else rel
+
     out: dict[str, Path] = {}
     for split, base in (("train", seed), ("test", seed + 50_000)):
         folder = root / split
@@ -204,46 +278,8 @@ def write_lookout_dataset(
         (folder / "masks" / "color-map.json").write_text(
             json.dumps({k: TYPE_COLORS[k] for k in types})
         )
-        lines = []
-
-        def ref(path: Path) -> str:
-            rel = path.relative_to(root).as_posix()
-            return f"{s3_uri.rstrip('/')}/{rel}" if s3_uri else rel
-
-        label_meta = {
-            "class-name": "normal",
-            "human-annotated": "yes",
-            "type": "groundtruth/image-classification",
-            "job-name": "labeling-job/classification-job",
-            "confidence": 1,
-        }
-        for i in range(n_normal):
-            path = folder / "normal" / f"normal-{i:04d}.png"
-            Image.fromarray(normal(base + i, size).image).save(path)
-            lines.append(
-                {"source-ref": ref(path), "anomaly-label": 0, "anomaly-label-metadata": label_meta}
-            )
-        kinds = [(kind,) for kind in types for _ in range(n_per_type)] + [types] * n_mixed
-        for i, combo in enumerate(kinds):
-            image, mask = typed_defective(base + 10_000 + i, combo, size)
-            name = f"{'-'.join(combo)}-{i:04d}.png"
-            img_path, mask_path = folder / "anomaly" / name, folder / "masks" / name
-            Image.fromarray(image).save(img_path)
-            Image.fromarray(mask).save(mask_path)
-            lines.append(
-                {
-                    "source-ref": ref(img_path),
-                    "anomaly-label": 1,
-                    "anomaly-label-metadata": {**label_meta, "class-name": "anomaly"},
-                    "anomaly-mask-ref": ref(mask_path),
-                    "anomaly-mask-ref-metadata": {
-                        "internal-color-map": color_map,
-                        "type": "groundtruth/semantic-segmentation",
-                        "human-annotated": "yes",
-                        "job-name": "labeling-job/segmentation-job",
-                    },
-                }
-            )
+        lines = _write_normal(folder, base, n_normal, size, ref)
+        lines += _write_anomalies(folder, base, kinds, size, ref, color_map)
         manifest = root / f"{split}.manifest"
         manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
         out[split] = folder

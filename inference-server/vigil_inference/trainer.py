@@ -25,29 +25,14 @@ import torch
 from tqdm import tqdm
 
 from vigil_inference import anomaly_types, evaluation, selection
-from vigil_inference.artifact import save_artifact
+from vigil_inference.artifact import Artifact, save_artifact, tensors_sha256
 from vigil_inference.backbones import get_spec, layer_indices
 from vigil_inference.images import InvalidImage, inspect_image, to_model_input
 from vigil_inference.model import AnomalyModel, resolve_device
+from vigil_inference.options import TrainConfig, from_flags
 from vigil_inference.patchcore import PatchCoreScorer, PatchEmbedder, k_center_greedy
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    input_size: int | None = None  # None: candidates from the images' size
-    coreset_ratio: float = 0.1
-    max_bank: int = 2048
-    holdout: float = 0.2
-    seed: int = 0
-    backbone: str | None = None  # None: every default candidate backbone
-    feature_layers: tuple[str, ...] = ()  # empty: the backbone's defaults
-    target_fpr: float = evaluation.DEFAULT_TARGET_FPR  # normal-only threshold
-    blur_sigma: float = 4.0
-    batch_size: int = 8
-    device: str = "auto"
-    version: str = ""
 
 
 @dataclass
@@ -223,8 +208,6 @@ def _score_arrays(
 def _serving_ms(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> float:
     """CPU serving cost of the kept model: `vigil serve`'s CPU runtime (ONNX
     Runtime) on batches of 8, after a warm-up, on this machine."""
-    from vigil_inference.artifact import Artifact, tensors_sha256
-
     full = {**meta, "tensors_sha256": tensors_sha256(tensors), "model_version": "probe"}
     model = AnomalyModel(Artifact(full, tensors), device="cpu", runtime="onnxruntime")
     h, w = model.input_size
@@ -284,6 +267,162 @@ def _given(images: str | Path | Sequence[Path] | None) -> list[Path]:
     return list(images)
 
 
+def _held_and_fit(
+    normal: Sequence[Path],
+    held_out: Sequence[Path] | None,
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+) -> tuple[list[Path], list[Path]]:
+    """Check the inputs, then split the normal images into held-out (they set
+    the threshold) and training ones (they build the memory bank)."""
+    if len(normal) < (1 if held_out else 2):
+        raise ValueError(
+            f"need at least {1 if held_out else 2} normal images (found {len(normal)}): "
+            "one to learn from, one to set the threshold"
+        )
+    if not 0 < cfg.holdout < 1:
+        raise ValueError("--holdout must be between 0 and 1")
+    if not 0 < cfg.coreset_ratio <= 1:
+        raise ValueError("--coreset-ratio must be in (0, 1]")
+    order = rng.permutation(len(normal))  # drawn even with held_out: later splits stay seeded
+    n_hold = min(len(normal) - 1, max(1, round(cfg.holdout * len(normal))))
+    if held_out:
+        return list(held_out), list(normal)
+    return [normal[i] for i in order[:n_hold]], [normal[i] for i in order[n_hold:]]
+
+
+@dataclass
+class _Selected:
+    """The kept candidate and the record of how it was chosen."""
+
+    cand: selection.Candidate
+    fitted: _Fitted
+    outcomes: list[selection.Outcome]
+    win: int
+    why: str
+
+
+def _select(
+    fit: Sequence[Path],
+    held: Sequence[Path],
+    anomalous: Sequence[Path],
+    cfg: TrainConfig,
+    dev: torch.device,
+    quiet: bool,
+) -> _Selected:
+    """Fit and judge every candidate, keep the best; the losers' banks and
+    backbones are let go as soon as the choice is made."""
+    sides = [_image_side(p) for p in fit]
+    cands = selection.candidates(sides, cfg.backbone, cfg.input_size, cfg.feature_layers)
+    fitted: list[_Fitted] = []
+    outcomes: list[selection.Outcome] = []
+    for n, cand in enumerate(cands, 1):
+        tag = f"[{n}/{len(cands)} {cand.name}] " if len(cands) > 1 else ""
+        one = _fit(cand, fit, cfg, dev, quiet, tag)
+        outcomes.append(_judge(cand, one, held, anomalous, cfg, dev, quiet, tag))
+        fitted.append(one)
+    win, why = selection.choose(outcomes)
+    return _Selected(cands[win], fitted[win], outcomes, win, why)
+
+
+def _graded_threshold(
+    held: list[Path],
+    anomalous: list[Path],
+    kept: _Fitted,
+    rng: np.random.Generator,
+    metrics: dict[str, Any],
+) -> tuple[float, tuple[list[Path], list[Path]]]:
+    """With anomalous examples: an F1-optimal threshold on one half of the
+    held-out images, graded on the other (both halves when too few to split).
+    Returns the threshold and the graded (normal, anomalous) images."""
+    normal_scores, anom_scores = kept.normal_scores, kept.anomalous_scores
+    by_path = dict(zip(held + anomalous, normal_scores + anom_scores, strict=True))
+    independent = len(held) >= 2 and len(anomalous) >= 2
+    if independent:
+        cal_n, test_n = _split(held, rng)
+        cal_a, test_a = _split(anomalous, rng)
+    else:  # too few to split: say so rather than pretend
+        cal_n, test_n, cal_a, test_a = held, held, anomalous, anomalous
+    cal = [by_path[p] for p in cal_n + cal_a]
+    threshold = evaluation.f1_optimal_threshold(cal, [0] * len(cal_n) + [1] * len(cal_a))
+    test = [by_path[p] for p in test_n + test_a]
+    labels = [0] * len(test_n) + [1] * len(test_a)
+    s = evaluation.precision_recall_f1(test, labels, threshold)
+    metrics.update(
+        precision=s.precision,
+        recall=s.recall,
+        f1=s.f1,
+        auroc=evaluation.auroc(normal_scores + anom_scores, [0] * len(held) + [1] * len(anomalous)),
+        threshold_independent=independent,
+    )
+    return threshold, (test_n, test_a)
+
+
+def _normal_only_threshold(
+    normal_scores: list[float], cfg: TrainConfig, metrics: dict[str, Any]
+) -> float:
+    """Without anomalous examples: the Gumbel rule for `target_fpr`, with the
+    rate it expects and the share of held-out normal images above it."""
+    threshold = evaluation.normal_only_threshold(normal_scores, cfg.target_fpr)
+    fpr = float(np.mean(np.asarray(normal_scores) > threshold))
+    metrics.update(
+        false_positive_rate=fpr,
+        expected_false_positive_rate=evaluation.gumbel_exceedance(normal_scores, threshold),
+        target_false_positive_rate=cfg.target_fpr,
+        threshold_independent=False,
+    )
+    return threshold
+
+
+def _type_head(
+    types: anomaly_types.TypeTraining,
+    kept: _Selected,
+    graded: tuple[list[Path], list[Path]],
+    threshold: float,
+    cfg: TrainConfig,
+    dev: torch.device,
+    metrics: dict[str, Any],
+) -> dict[str, torch.Tensor]:
+    """Learn the named anomaly types on the kept model's features and grade
+    them on the graded images; returns the head's tensors for the artifact."""
+    size = (kept.cand.input_size, kept.cand.input_size)
+    load = functools.partial(load_image, size=size)
+    scorer = kept.fitted.scorer
+    head = anomaly_types.fit_head(
+        scorer, types.samples, types.types, load, dev, cfg.seed, threshold
+    )
+    bank = kept.fitted.bank.to(dev)
+    typed = anomaly_types.TypedScorer(scorer.embedder, bank, size, cfg.blur_sigma, head)
+    metrics.update(anomaly_types.grade(typed.eval(), types, *graded, threshold, load, dev))
+    return {anomaly_types.FEATURES_KEY: head.features, anomaly_types.LABELS_KEY: head.labels}
+
+
+def _artifact_meta(
+    cand: selection.Candidate,
+    threshold: float,
+    normal_scores: list[float],
+    cfg: TrainConfig,
+    metrics: dict[str, Any],
+) -> dict[str, Any]:
+    """The artifact's metadata: how to rebuild the scorer and read its scores.
+    `metrics` is kept by reference, so what is added to it later is saved too."""
+    median = float(np.median(normal_scores))
+    score_scale = max((threshold - median) / 3.0, 1e-3 * abs(threshold), 1e-6)
+    return {
+        "model_version": cfg.version,
+        "created_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+        "backbone": cand.backbone,
+        "backbone_source": get_spec(cand.backbone).source,
+        "feature_layers": list(cand.layers),
+        "neighbourhood": cand.neighbourhood,
+        "input_size": [cand.input_size, cand.input_size],
+        "threshold": threshold,
+        "score_scale": score_scale,
+        "blur_sigma": cfg.blur_sigma,
+        "training": metrics,
+    }
+
+
 def train(
     normal_dir: str | Path | Sequence[Path],
     anomalous_dir: str | Path | Sequence[Path] | None,
@@ -299,120 +438,40 @@ def train(
     `types`: colour-coded masks to learn named anomaly types from."""
     normal = _given(normal_dir)
     anomalous = _given(anomalous_dir)
-    if len(normal) < (1 if held_out else 2):
-        raise ValueError(
-            f"need at least {1 if held_out else 2} normal images (found {len(normal)}): "
-            "one to learn from, one to set the threshold"
-        )
-    if not 0 < cfg.holdout < 1:
-        raise ValueError("--holdout must be between 0 and 1")
-    if not 0 < cfg.coreset_ratio <= 1:
-        raise ValueError("--coreset-ratio must be in (0, 1]")
     rng = np.random.default_rng(cfg.seed)
-    order = rng.permutation(len(normal))
-    n_hold = min(len(normal) - 1, max(1, round(cfg.holdout * len(normal))))
-    held = [normal[i] for i in order[:n_hold]]
-    fit = [normal[i] for i in order[n_hold:]]
-    if held_out:
-        held, fit = list(held_out), normal
-
+    held, fit = _held_and_fit(normal, held_out, cfg, rng)
     dev = resolve_device(cfg.device)
-    sides = [_image_side(p) for p in fit]
-    cands = selection.candidates(sides, cfg.backbone, cfg.input_size, cfg.feature_layers)
-    fitted: list[_Fitted] = []
-    outcomes: list[selection.Outcome] = []
-    for n, cand in enumerate(cands, 1):
-        tag = f"[{n}/{len(cands)} {cand.name}] " if len(cands) > 1 else ""
-        one = _fit(cand, fit, cfg, dev, quiet, tag)
-        outcomes.append(_judge(cand, one, held, anomalous, cfg, dev, quiet, tag))
-        fitted.append(one)
-    win, why = selection.choose(outcomes)
-    chosen_fit, cand = fitted[win], cands[win]
-    fitted.clear()  # the losers' banks and backbones can go
-    bank, backbone, patches = chosen_fit.bank, chosen_fit.backbone, chosen_fit.patches
-    normal_scores, anom_scores = chosen_fit.normal_scores, chosen_fit.anomalous_scores
-    by_path = dict(zip(held + anomalous, normal_scores + anom_scores, strict=True))
-
+    kept = _select(fit, held, anomalous, cfg, dev, quiet)
+    bank, normal_scores = kept.fitted.bank, kept.fitted.normal_scores
     metrics: dict[str, Any] = {
         "training_images": len(fit),
         "normal_test_images": len(held),
         "anomalous_test_images": len(anomalous),
         "coreset_ratio": cfg.coreset_ratio,
         "seed": cfg.seed,
-        "patches": patches,
+        "patches": kept.fitted.patches,
     }
     if anomalous:
-        independent = len(held) >= 2 and len(anomalous) >= 2
-        if independent:
-            cal_n, test_n = _split(held, rng)
-            cal_a, test_a = _split(anomalous, rng)
-        else:  # too few to split: say so rather than pretend
-            cal_n, test_n, cal_a, test_a = held, held, anomalous, anomalous
-        cal = [by_path[p] for p in cal_n + cal_a]
-        threshold = evaluation.f1_optimal_threshold(cal, [0] * len(cal_n) + [1] * len(cal_a))
-        test = [by_path[p] for p in test_n + test_a]
-        labels = [0] * len(test_n) + [1] * len(test_a)
-        s = evaluation.precision_recall_f1(test, labels, threshold)
-        graded = (test_n, test_a)
-        metrics.update(
-            precision=s.precision,
-            recall=s.recall,
-            f1=s.f1,
-            auroc=evaluation.auroc(
-                normal_scores + anom_scores, [0] * len(held) + [1] * len(anomalous)
-            ),
-            threshold_independent=independent,
-        )
+        threshold, graded = _graded_threshold(held, anomalous, kept.fitted, rng, metrics)
     else:
-        threshold = evaluation.normal_only_threshold(normal_scores, cfg.target_fpr)
-        fpr = float(np.mean(np.asarray(normal_scores) > threshold))
-        metrics.update(
-            false_positive_rate=fpr,
-            expected_false_positive_rate=evaluation.gumbel_exceedance(normal_scores, threshold),
-            target_false_positive_rate=cfg.target_fpr,
-            threshold_independent=False,
-        )
-    extra: dict[str, torch.Tensor] = {}
+        threshold = _normal_only_threshold(normal_scores, cfg, metrics)
+    tensors = {"memory_bank": bank}
     if types is not None:
         if not anomalous:
             raise ValueError("anomaly types need anomalous test images to be graded on")
-        size = (cand.input_size, cand.input_size)
-        load = functools.partial(load_image, size=size)
-        scorer = chosen_fit.scorer
-        head = anomaly_types.fit_head(
-            scorer, types.samples, types.types, load, dev, cfg.seed, threshold
-        )
-        typed = anomaly_types.TypedScorer(scorer.embedder, bank.to(dev), size, cfg.blur_sigma, head)
-        metrics.update(anomaly_types.grade(typed.eval(), types, *graded, threshold, load, dev))
-        extra = {anomaly_types.FEATURES_KEY: head.features, anomaly_types.LABELS_KEY: head.labels}
-    median = float(np.median(normal_scores))
-    score_scale = max((threshold - median) / 3.0, 1e-3 * abs(threshold), 1e-6)
-
-    tensors = {"memory_bank": bank, **extra}
-    tensors.update({f"backbone.{k}": v for k, v in backbone.state_dict().items()})
-    meta: dict[str, Any] = {
-        "model_version": cfg.version,
-        "created_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
-        "backbone": cand.backbone,
-        "backbone_source": get_spec(cand.backbone).source,
-        "feature_layers": list(cand.layers),
-        "neighbourhood": cand.neighbourhood,
-        "input_size": [cand.input_size, cand.input_size],
-        "threshold": threshold,
-        "score_scale": score_scale,
-        "blur_sigma": cfg.blur_sigma,
-        "training": metrics,
-    }
+        tensors.update(_type_head(types, kept, graded, threshold, cfg, dev, metrics))
+    backbone = kept.fitted.backbone.state_dict()
+    tensors.update({f"backbone.{k}": v for k, v in backbone.items()})
+    meta = _artifact_meta(kept.cand, threshold, normal_scores, cfg, metrics)
     if types is not None:
         meta.update(anomaly_types.types_meta(types.types, types.background))
-    metrics["selection"] = _selection_record(outcomes, win, why, meta, tensors)
+    metrics["selection"] = _selection_record(kept.outcomes, kept.win, kept.why, meta, tensors)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not cfg.version:  # version from the content, so equal models share it
-        from vigil_inference.artifact import tensors_sha256
-
         meta["model_version"] = tensors_sha256(tensors)[:12]
     sha = save_artifact(out, meta, tensors)
+    anom_scores = kept.fitted.anomalous_scores
     return TrainResult(
         out, sha, threshold, len(bank), len(fit), normal_scores, anom_scores, metrics
     )
@@ -471,23 +530,14 @@ def summary(result: TrainResult) -> str:
 
 
 def train_command(args: argparse.Namespace) -> int:
+    """`vigil train`: fit, save, print the evaluation."""
     if args.manifest and (args.normal or args.anomalous):
         print("vigil train: error: --manifest replaces --normal/--anomalous", file=sys.stderr)
         return 2
     if not args.manifest and not args.normal:
         print("vigil train: error: give --normal DIR or --manifest FILE", file=sys.stderr)
         return 2
-    cfg = TrainConfig(
-        input_size=args.input_size,
-        backbone=args.backbone,
-        target_fpr=args.target_fpr,
-        coreset_ratio=args.coreset_ratio,
-        max_bank=args.max_bank,
-        holdout=args.holdout,
-        seed=args.seed,
-        device=args.device,
-        version=args.version,
-    )
+    cfg = from_flags(TrainConfig, args)
     if args.manifest:
         from vigil_inference.lookout_train import train_datasets
 

@@ -14,7 +14,8 @@ import pytest
 from vigil.v1 import anomaly_pb2_grpc
 from vigil_inference.metrics import InferenceMetrics
 from vigil_inference.model import AnomalyModel
-from vigil_inference.server import InferenceServer, ServingConfig, create_server
+from vigil_inference.options import ServingConfig
+from vigil_inference.server import InferenceServer, create_server
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-VIGIL = [sys.executable, "-m", "vigil_inference.cli"]
+VIGIL = [sys.executable, "-m", "vigil_cli"]
 
 
 class ServeProcess:

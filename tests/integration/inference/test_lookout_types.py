@@ -22,7 +22,7 @@ from vigil_inference import synthetic
 
 pytestmark = pytest.mark.slow
 
-VIGIL = [sys.executable, "-m", "vigil_inference.cli"]
+VIGIL = [sys.executable, "-m", "vigil_cli"]
 TYPES = ("scratch", "blotch")
 WHITE = "#FFFFFF"
 

@@ -185,7 +185,8 @@ def heavy_model(dataset: tuple[Path, Path], tmp_path_factory: pytest.TempPathFac
     cores) that this one client process can really offer it 10x its capacity: with
     the 100+ images/s of the shared MobileNetV2 fixture on a quiet machine, the
     flood's own client saturates first and the test would measure the client."""
-    from vigil_inference.trainer import TrainConfig, train
+    from vigil_inference.options import TrainConfig
+    from vigil_inference.trainer import train
 
     out = tmp_path_factory.mktemp("heavy") / "heavy.vigil"
     cfg = TrainConfig(backbone="efficientnet_lite2", input_size=320, max_bank=1024, seed=0)

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 def vigil(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "vigil_inference.cli", *map(str, args)],
+        [sys.executable, "-m", "vigil_cli", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=240,

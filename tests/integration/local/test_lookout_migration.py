@@ -26,7 +26,7 @@ from vigil_inference import synthetic
 
 pytestmark = pytest.mark.slow
 
-VIGIL = [sys.executable, "-m", "vigil_inference.cli"]
+VIGIL = [sys.executable, "-m", "vigil_cli"]
 BUCKET = "s3://my-bucket/lookout-export/pcb/"  # the README's example bucket
 
 

@@ -11,8 +11,17 @@ from vigil_inference.client import content_type_of, lookout_json, result_json
 
 
 def test_client_imports_neither_torch_nor_pil() -> None:
+    """Nor does parsing any unit command, or `vigil --help` and each command's."""
     code = (
-        "import sys, vigil_inference.cli, vigil_inference.client; "
+        "import contextlib, io, sys, vigil_inference.cli, vigil_inference.client\n"
+        "from vigil_cli.main import build_parser\n"
+        "p = build_parser()\n"
+        "p.parse_args(['train', '--normal', 'n', '--out', 'o'])\n"
+        "p.parse_args(['serve', '--model', 'm'])\n"
+        "p.parse_args(['detect', '--target', 't', 'a.png'])\n"
+        "for cmd in ([], ['train'], ['serve'], ['detect']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        p.parse_args([*cmd, '--help'])\n"
         "print(sorted(m for m in ('torch', 'PIL', 'numpy', 'onnxruntime') if m in sys.modules))"
     )
     out = subprocess.run(
