@@ -468,7 +468,7 @@ class Kubelet:
     def command(self, container: Obj, ip: str) -> list[str]:
         argv = list(container.get("command") or ENTRYPOINT) + list(container.get("args") or [])
         if argv[0] == "vigil":
-            argv = [sys.executable, "-m", "vigil_inference.cli", *argv[1:]]
+            argv = [sys.executable, "-m", "vigil_cli", *argv[1:]]
             if "serve" in argv[3:4]:
                 argv += ["--host", ip]  # the pod's own address, as in its network namespace
         elif argv[0] in ("python", "python3"):
