@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # kube_emulator, beside bench/
 
-from kube_emulator import KubeEmulator, OperatorProcess  # noqa: E402
-from vigil_operator.local.units import free_port  # noqa: E402
+from kube_emulator import KubeEmulator, OperatorProcess
+from vigil_operator.local.units import free_port
 
 NAMESPACE = "bench"
 

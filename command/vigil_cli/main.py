@@ -27,7 +27,7 @@ def lazy(module: str, func: str) -> Command:
 def build_parser() -> argparse.ArgumentParser:
     from vigil_cli.local import add_local_commands
     from vigil_cli.operator import add_operator_command
-    from vigil_inference.cli import add_commands as add_unit_commands
+    from vigil_cli.unit import add_unit_commands
 
     parser = argparse.ArgumentParser(prog="vigil", description="The `vigil` command")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -14,6 +14,8 @@ import dataclasses
 import os
 from typing import Any, Final, Literal, TypeVar
 
+from vigil.v1.wire import GRPC_PORT, METRICS_PORT
+
 # Without anomalous examples, the share of normal images the threshold is set
 # to flag. The highest held-out normal score (the old rule) sits near the
 # 1/(n+1) quantile of n held-out images and missed most real defects.
@@ -66,13 +68,13 @@ class ServingConfig:
 class ServeOptions:
     """Where `vigil serve` listens, how it runs the model and how long it drains.
 
-    The ports are the unit's contract (DESIGN.md: gRPC 50051, metrics 8080),
-    which the operator's manifests also pass explicitly.
+    The ports are the unit's contract (`vigil.v1.wire`), which the operator's
+    manifests also pass explicitly.
     """
 
     host: str = "[::]"
-    port: int = 50051
-    metrics_port: int = 8080
+    port: int = GRPC_PORT
+    metrics_port: int = METRICS_PORT
     device: str = "auto"
     runtime: str = "auto"
     grace_seconds: float = 20.0

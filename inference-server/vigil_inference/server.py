@@ -22,12 +22,12 @@ from typing import Any, Final
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer  # public as health.aio; stubs lack it
-from grpc_reflection.v1alpha import reflection
 
 from vigil.v1 import anomaly_pb2, anomaly_pb2_grpc
-from vigil.v1.wire import MAX_REQUEST_BYTES, SERVICE_NAME
+from vigil.v1.endpoint import new_server
+from vigil.v1.wire import SERVICE_NAME
 from vigil_inference.batcher import Closed, DynamicBatcher, Overloaded
 from vigil_inference.images import InvalidImage, inspect_image
 from vigil_inference.messages import result_message
@@ -37,7 +37,6 @@ from vigil_inference.options import ServeOptions, ServingConfig, from_flags
 
 log = logging.getLogger("vigil.serve")
 
-MAX_MESSAGE_BYTES: Final = MAX_REQUEST_BYTES  # beyond this gRPC refuses a request itself
 _SERVING: Final = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING: Final = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -219,24 +218,10 @@ def create_server(
     """Build (not start) a unit on `address`; returns it and the bound port."""
     config = config or ServingConfig()
     service = DetectionService(model, config, metrics or InferenceMetrics())
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),  # a taken port is an error, not a silent share
-        ]
-    )
+    health = HealthServicer()
+    server = new_server(health)
     anomaly_pb2_grpc.add_AnomalyDetectionServicer_to_server(  # type: ignore[no-untyped-call]
         AnomalyDetectionServicer(service), server
-    )
-    health = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        (
-            SERVICE_NAME,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
     )
     port = server.add_insecure_port(address)
     return InferenceServer(server, service, health), port

@@ -10,8 +10,8 @@ from typing import Any
 
 import aiohttp
 
+from vigil.v1.wire import METRICS_PORT
 from vigil_operator.core.autoscaling import Sample
-from vigil_operator.core.manifests import METRICS_PORT
 from vigil_operator.core.unit_load import UnitReading, parse_unit_metrics, unit_load
 
 

@@ -14,13 +14,11 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
-from vigil.v1.wire import SERVICE_NAME
+from vigil.v1.wire import GRPC_PORT, METRICS_PORT, SERVICE_NAME
 
 from .spec import GPU_RESOURCE, Artifact, ModelSpec
 from .zones import ZONE_LABEL, ZONE_POD_LABEL
 
-GRPC_PORT: Final = 50051
-METRICS_PORT: Final = 8080
 MODEL_LABEL: Final = "vigil.dev/model"
 ARTIFACT_ANNOTATION: Final = "vigil.dev/artifact-uri"
 HEALTH_SERVICE: Final = SERVICE_NAME

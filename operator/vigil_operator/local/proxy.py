@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer  # public as health.aio; stubs lack it
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from vigil.v1.endpoint import new_server
 from vigil.v1.wire import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, SERVICE_NAME
 
 METHODS: Final = ("DetectAnomalies", "DescribeModel")
@@ -112,24 +112,10 @@ class ClientEndpoint:
 
     def bind(self, address: str) -> int:
         """Build the server on `address` (not started); returns the bound port."""
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
+        server = new_server(self._health)
         handlers = {m: grpc.unary_unary_rpc_method_handler(self._behaviour(m)) for m in METHODS}
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
-        )
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
         )
         port = server.add_insecure_port(address)
         self._server = server

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from vigil_operator.core.manifests import GRPC_PORT, METRICS_PORT
+from vigil.v1.wire import GRPC_PORT, METRICS_PORT
 from vigil_operator.settings import OperatorSettings
 
 DEFAULT_ZONES: Final = ("zone-a", "zone-b", "zone-c")

@@ -13,7 +13,7 @@ from vigil_inference.client import content_type_of, lookout_json, result_json
 def test_client_imports_neither_torch_nor_pil() -> None:
     """Nor does parsing any unit command, or `vigil --help` and each command's."""
     code = (
-        "import contextlib, io, sys, vigil_inference.cli, vigil_inference.client\n"
+        "import contextlib, io, sys, vigil_cli.unit, vigil_inference.client\n"
         "from vigil_cli.main import build_parser\n"
         "p = build_parser()\n"
         "p.parse_args(['train', '--normal', 'n', '--out', 'o'])\n"

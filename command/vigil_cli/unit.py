@@ -1,19 +1,17 @@
-"""The inference unit's subcommands of `vigil` (train, serve, detect).
+"""`vigil train`, `vigil serve` and `vigil detect`: the inference unit's commands.
 
 Their defaults are read from `vigil_inference.options`, where the trainer,
 the server and the client read them too, and `--help` shows them. Each
 command's module is imported only when it runs, so `vigil --help` and
-`vigil detect` start without torch; the parser and dispatch are
-`vigil_cli.main`'s.
+`vigil detect` start without torch.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-from collections.abc import Callable
 from typing import Any, TypeAlias
 
+from vigil_cli.main import lazy
 from vigil_inference.options import (
     DETECT_FORMATS,
     DetectOptions,
@@ -23,14 +21,6 @@ from vigil_inference.options import (
 )
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
-
-
-def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        fn: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module), func)
-        return fn(args)
-
-    return run
 
 
 def _flag(p: argparse.ArgumentParser, flag: str, default: Any, text: str, **kw: Any) -> None:
@@ -83,7 +73,7 @@ def _add_train(sub: Subparsers) -> None:
     p.add_argument("--version", default=d.version, help="model version string (default: from hash)")
     _flag(p, "--device", d.device, "auto, cpu or cuda[:N]")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_lazy("vigil_inference.trainer", "train_command"))
+    p.set_defaults(func=lazy("vigil_inference.trainer", "train_command"))
 
 
 def _add_serve(sub: Subparsers) -> None:
@@ -110,7 +100,7 @@ def _add_serve(sub: Subparsers) -> None:
     _flag(p, "--device", d.device, "auto, cpu or cuda[:N]")
     _flag(p, "--runtime", d.runtime, "auto, torch or onnxruntime")
     _flag(p, "--grace-seconds", d.grace_seconds, "drain time for in-flight requests on SIGTERM")
-    p.set_defaults(func=_lazy("vigil_inference.server", "serve_command"))
+    p.set_defaults(func=lazy("vigil_inference.server", "serve_command"))
 
 
 def _add_detect(sub: Subparsers) -> None:
@@ -128,11 +118,11 @@ def _add_detect(sub: Subparsers) -> None:
         choices=DETECT_FORMATS,
     )
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.set_defaults(func=_lazy("vigil_inference.client", "detect_command"))
+    p.set_defaults(func=lazy("vigil_inference.client", "detect_command"))
 
 
-def add_commands(sub: Subparsers) -> None:
-    """The unit's subcommands; `vigil_cli.main` owns the parser and the dispatch."""
+def add_unit_commands(sub: Subparsers) -> None:
+    """train, serve, detect."""
     _add_train(sub)
     _add_serve(sub)
     _add_detect(sub)
