@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from vigil_operator.core.autoscaling import ScalingState, autoscale, policy_for
 from vigil_operator.core.reconcile import Observed, Outcome, read_spec, reconcile
-from vigil_operator.core.spec import ModelSpec
+from vigil_operator.core.spec import ModelSpec, SpecError, parse_spec
 from vigil_operator.core.status import Event
 from vigil_operator.metrics import OperatorMetrics
 from vigil_operator.scraper import UnitScraper, pod_ready
@@ -63,8 +63,12 @@ class World(Protocol):
 
 
 def valid_spec(body: Mapping[str, Any]) -> ModelSpec | None:
-    spec = read_spec(body)
-    return spec if isinstance(spec, ModelSpec) else None
+    """The autoscaler's view: the spec alone (`World.current` may carry no
+    metadata, so the name is the reconcile's to check)."""
+    try:
+        return parse_spec(body.get("spec") or {})
+    except SpecError:
+        return None
 
 
 @dataclass

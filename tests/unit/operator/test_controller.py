@@ -47,7 +47,10 @@ class MemoryWorld:
         self.notes: list[str] = []
 
     def current(self) -> Mapping[str, Any] | None:
-        return self.model
+        """Spec and status only, as the kopf shell's live view gives them."""
+        if self.model is None:
+            return None
+        return {"spec": self.model["spec"], "status": self.model.get("status") or {}}
 
     async def read_model(self) -> Mapping[str, Any] | None:
         return copy.deepcopy(self.model)
