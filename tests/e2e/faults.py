@@ -65,10 +65,10 @@ class ApiProxy:
     insecure: bool = False
     port: int = 0
     requests: Counter[str] = field(default_factory=Counter)
-    lists: Counter[str] = field(default_factory=Counter)  # GETs of collections, not watches
+    lists: Counter[str] = field(default_factory=Counter)  # GETs that are not watches, by path
     injected: Counter[str] = field(default_factory=Counter)
     _rules: list[_Rule] = field(default_factory=list)
-    _watches: set[web.StreamResponse] = field(default_factory=set)
+    _watches: dict[web.StreamResponse, str] = field(default_factory=dict)  # open: path
     _runner: web.AppRunner | None = None
     _site: web.TCPSite | None = None
     _session: aiohttp.ClientSession | None = None
@@ -127,10 +127,22 @@ class ApiProxy:
         """Answer the next `times` requests matching (method, path regex) with 409."""
         self._rules.append(_Rule(method.upper(), re.compile(path_pattern), times))
 
-    async def expire_watches(self) -> int:
-        """Send each open watch a 410 Expired ERROR event and end it; how many."""
-        expired = 0
-        for response in list(self._watches):
+    async def watching(self, path: str, within_s: float = 60) -> None:
+        """Wait until a watch of `path` is open through the proxy.
+
+        A client reopens a watch after a server timeout or an outage (with kopf's
+        backoff), so a test that expires watches first waits for the one it means.
+        """
+        deadline = asyncio.get_running_loop().time() + within_s
+        while path not in self._watches.values():
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"no watch of {path} opened in {within_s:.0f} s")
+            await asyncio.sleep(0.1)
+
+    async def expire_watches(self) -> Counter[str]:
+        """Send each open watch a 410 Expired ERROR event and end it; the paths."""
+        expired: Counter[str] = Counter()
+        for response, path in list(self._watches.items()):
             event = {
                 "type": "ERROR",
                 "object": {
@@ -143,14 +155,14 @@ class ApiProxy:
                     "code": 410,
                 },
             }
-            self._watches.discard(response)  # its relay stops forwarding at once
+            self._watches.pop(response, None)  # its relay stops forwarding at once
             try:
                 await response.write(json.dumps(event).encode() + b"\n")
                 await response.write_eof()
             except (ConnectionError, RuntimeError):
                 pass
-            expired += 1
-        self.injected["watch-expired"] += expired
+            expired[path] += 1
+        self.injected["watch-expired"] += expired.total()
         return expired
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
@@ -190,7 +202,7 @@ class ApiProxy:
                     response.headers[k] = v
             await response.prepare(request)
             if watching:
-                self._watches.add(response)
+                self._watches[response] = request.path
             try:
                 async for chunk in answer.content.iter_any():
                     if watching and response not in self._watches:
@@ -199,7 +211,7 @@ class ApiProxy:
                 if not watching or response in self._watches:
                     await response.write_eof()
             finally:
-                self._watches.discard(response)
+                self._watches.pop(response, None)
             return response
 
 

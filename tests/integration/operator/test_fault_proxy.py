@@ -97,11 +97,9 @@ async def test_expired_watch_gets_410(proxied: tuple[ApiProxy, Any], kube_namesp
                 events.append(event)
 
     task = asyncio.create_task(follow())
-    for _ in range(100):
-        if proxy._watches:
-            break
-        await asyncio.sleep(0.05)
-    assert await proxy.expire_watches() == 1, proxy.requests
+    path = f"/api/v1/namespaces/{kube_namespace}/configmaps"
+    await proxy.watching(path, within_s=5)
+    assert await proxy.expire_watches() == {path: 1}, proxy.requests
     with pytest.raises(ApiException) as gone:  # kubernetes_asyncio raises on ERROR 410
         await asyncio.wait_for(task, 5)
     assert gone.value.status == 410
