@@ -552,36 +552,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
         data: Any,
         record: Callable[[int], None],
     ) -> aiohttp.web.StreamResponse:
-        rt = self.store.catalog.get(route.group, route.version, route.plural)
-        if rt is None:
-            raise errors.unknown_resource()
-        if route.namespace is not None and not rt.namespaced:
-            raise errors.unknown_resource()
-        if rt.namespaced and route.name and route.namespace is None:
-            raise errors.unknown_resource()
-        sub = route.subresource
-        if sub is not None and sub not in rt.subresources:
-            raise errors.unknown_resource()
-        query = raw.query
-        dry_run = bool(query.getall("dryRun", []))
-        ns, name, method = route.namespace, route.name, raw.method
+        rt = self._resource_type(route)
+        method, name, sub = raw.method, route.name, route.subresource
         if method == "GET":
-            labels = selectors.parse_label_selector(query.get("labelSelector"))
-            fields = selectors.parse_field_selector(query.get("fieldSelector"), rt.fields)
-            if route.watch_prefix or query.get("watch") in _TRUE:
-                if name:
-                    fields.append(selectors.FieldRequirement("metadata.name", False, name))
-                return await self._watch(raw, rt, ns, labels, fields, record)
-            if name is None:
-                listed = self._list(rt, ns, labels, fields, query)
-                if rt.custom and tables.wants_table(raw.headers.get("Accept", "")):
-                    return _json(self._table(rt, listed["items"], query))
-                return _json(listed)
-            obj = self.store.read(rt, ns, name)
-            if rt.custom and sub is None and tables.wants_table(raw.headers.get("Accept", "")):
-                return _json(self._table(rt, [obj], query))
-            return _json(self._scale_of(obj) if sub == "scale" else obj)
-        strict_fields = query.get("fieldValidation") == "Strict" and sub is None
+            return await self._get(raw, route, rt, record)
+        strict_fields = raw.query.get("fieldValidation") == "Strict" and sub is None
         schema = self.store.catalog.schemas.get(rt.key) if strict_fields else None
 
         def checked(obj: Any) -> Any:
@@ -589,65 +564,120 @@ class KubeEmulator(kmock.KubernetesEmulator):
             return obj
 
         if method == "POST":
-            if name is None and sub is None:
-                if rt.namespaced and ns is None:
-                    raise errors.method_not_allowed()
-                return _json(self.store.create(rt, ns, checked(data), dry_run=dry_run), 201)
-            if name and sub == "eviction":
-                return _json(self.controllers.evict(ns or "", name, data or {}), 201)
-            if name and sub == "binding":
-                return _json(self._bind(ns or "", name, data or {}), 201)
-            if name and sub == "token":
-                return _json(self._token_request(ns or "", name, data or {}), 201)
-            raise errors.method_not_allowed()
+            return self._post(raw, route, rt, checked(data) if name is None else data)
         if name is None:
             if method == "DELETE":
-                return _json(self._delete_collection(rt, ns, query, data))
+                return _json(self._delete_collection(rt, route.namespace, raw.query, data))
             raise errors.method_not_allowed()
         if method == "DELETE":
             if sub is not None:
                 raise errors.method_not_allowed()
-            return _json(self.store.delete(rt, ns, name, _delete_options(query, data)))
+            options = _delete_options(raw.query, data)
+            return _json(self.store.delete(rt, route.namespace, name, options))
         if method not in ("PUT", "PATCH"):
             raise errors.method_not_allowed()
         if sub == "scale":
-            return _json(self._update_scale(rt, ns, name, method, data, raw.content_type))
+            return _json(
+                self._update_scale(rt, route.namespace, name, method, data, raw.content_type)
+            )
         if sub == "finalize" and method == "PUT":
             return _json(self._finalize(rt, name, data))
         if sub not in (None, "status"):
             raise errors.method_not_allowed()
-        if method == "PUT":
-            return _json(
-                self.store.update(
-                    rt, ns, name, lambda _: checked(data), scope=sub or "main", dry_run=dry_run
-                )
-            )
+        return await self._write(raw, route, rt, data, checked)
+
+    def _resource_type(self, route: Route) -> ResourceType:
+        """The route's resource type, or 404 as the API server answers for a
+        path it does not serve (wrong scope, unknown subresource)."""
+        rt = self.store.catalog.get(route.group, route.version, route.plural)
+        if rt is None:
+            raise errors.unknown_resource()
+        if route.namespace is not None and not rt.namespaced:
+            raise errors.unknown_resource()
+        if rt.namespaced and route.name and route.namespace is None:
+            raise errors.unknown_resource()
+        if route.subresource is not None and route.subresource not in rt.subresources:
+            raise errors.unknown_resource()
+        return rt
+
+    async def _get(
+        self,
+        raw: aiohttp.web.BaseRequest,
+        route: Route,
+        rt: ResourceType,
+        record: Callable[[int], None],
+    ) -> aiohttp.web.StreamResponse:
+        """A watch, a list, or a read (as a Table when kubectl asks for one)."""
+        query, ns, name, sub = raw.query, route.namespace, route.name, route.subresource
+        labels = selectors.parse_label_selector(query.get("labelSelector"))
+        fields = selectors.parse_field_selector(query.get("fieldSelector"), rt.fields)
+        if route.watch_prefix or query.get("watch") in _TRUE:
+            if name:
+                fields.append(selectors.FieldRequirement("metadata.name", False, name))
+            return await self._watch(raw, rt, ns, labels, fields, record)
+        wants_table = rt.custom and tables.wants_table(raw.headers.get("Accept", ""))
+        if name is None:
+            listed = self._list(rt, ns, labels, fields, query)
+            return _json(self._table(rt, listed["items"], query) if wants_table else listed)
+        obj = self.store.read(rt, ns, name)
+        if wants_table and sub is None:
+            return _json(self._table(rt, [obj], query))
+        return _json(self._scale_of(obj) if sub == "scale" else obj)
+
+    def _post(
+        self, raw: aiohttp.web.BaseRequest, route: Route, rt: ResourceType, data: Any
+    ) -> aiohttp.web.StreamResponse:
+        """A create (`data` already checked), or an eviction, binding or token."""
+        ns, name, sub = route.namespace, route.name, route.subresource
+        if name is None and sub is None:
+            if rt.namespaced and ns is None:
+                raise errors.method_not_allowed()
+            dry_run = bool(raw.query.getall("dryRun", []))
+            return _json(self.store.create(rt, ns, data, dry_run=dry_run), 201)
+        if name and sub == "eviction":
+            return _json(self.controllers.evict(ns or "", name, data or {}), 201)
+        if name and sub == "binding":
+            return _json(self._bind(ns or "", name, data or {}), 201)
+        if name and sub == "token":
+            return _json(self._token_request(ns or "", name, data or {}), 201)
+        raise errors.method_not_allowed()
+
+    async def _write(
+        self,
+        raw: aiohttp.web.BaseRequest,
+        route: Route,
+        rt: ResourceType,
+        data: Any,
+        checked: Callable[[Any], Any],
+    ) -> aiohttp.web.StreamResponse:
+        """PUT, or PATCH of any kind (server-side apply may create), of an
+        object or its status."""
+        ns, name, sub = route.namespace, route.name, route.subresource
+        assert name is not None
+        dry_run = bool(raw.query.getall("dryRun", []))
+        scope = sub or "main"
         content_type = raw.headers.get("Content-Type", "")
-        if patches.is_apply(content_type):
+        change: Callable[[Any], Any]
+        if raw.method == "PUT":
+
+            def change(_: Any) -> Any:
+                return checked(data)
+
+        elif patches.is_apply(content_type):
             applied = patches.parse_apply(data, await raw.read())
             if sub is None and self.store.peek(rt, ns, name) is None:
                 body = {**applied, "metadata": {**(applied.get("metadata") or {}), "name": name}}
                 return _json(self.store.create(rt, ns, checked(body), dry_run=dry_run), 201)
-            return _json(
-                self.store.update(
-                    rt,
-                    ns,
-                    name,
-                    lambda current: checked(patches.apply_configuration(current, applied)),
-                    scope=sub or "main",
-                    dry_run=dry_run,
-                )
-            )
-        return _json(
-            self.store.update(
-                rt,
-                ns,
-                name,
-                lambda current: checked(patches.apply_patch(rt, name, current, data, content_type)),
-                scope=sub or "main",
-                dry_run=dry_run,
-            )
-        )
+
+            def change(current: Any) -> Any:
+                return checked(patches.apply_configuration(current, applied))
+
+        else:
+
+            def change(current: Any) -> Any:
+                return checked(patches.apply_patch(rt, name, current, data, content_type))
+
+        return _json(self.store.update(rt, ns, name, change, scope=scope, dry_run=dry_run))
 
     def _list(
         self,
@@ -1070,18 +1100,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
                     },
                     {"type": "Hostname", "address": name},
                 ],
-                "nodeInfo": {
-                    "architecture": "amd64",
-                    "bootID": self.store.new_uid(),
-                    "containerRuntimeVersion": "containerd://1.7.20",
-                    "kernelVersion": "6.1.0",
-                    "kubeProxyVersion": "v1.31.0",
-                    "kubeletVersion": "v1.31.0",
-                    "machineID": self.store.new_uid().replace("-", ""),
-                    "operatingSystem": "linux",
-                    "osImage": "Ubuntu 22.04.4 LTS",
-                    "systemUUID": self.store.new_uid(),
-                },
+                "nodeInfo": _node_info(self.store.new_uid),
                 "conditions": [
                     {"type": t, "status": "False", "reason": f"KubeletHasNo{t}"}
                     for t in ("MemoryPressure", "DiskPressure", "PIDPressure")
@@ -1258,3 +1277,19 @@ def _delete_options(query: Mapping[str, str], data: Any) -> DeleteOptions:
         resource_version=preconditions.get("resourceVersion"),
         dry_run=bool(body.get("dryRun") or query.get("dryRun")),
     )
+
+
+def _node_info(new_uid: Callable[[], str]) -> Obj:
+    """What a kubelet reports of its machine (IDs unique per node)."""
+    return {
+        "architecture": "amd64",
+        "bootID": new_uid(),
+        "containerRuntimeVersion": "containerd://1.7.20",
+        "kernelVersion": "6.1.0",
+        "kubeProxyVersion": "v1.31.0",
+        "kubeletVersion": "v1.31.0",
+        "machineID": new_uid().replace("-", ""),
+        "operatingSystem": "linux",
+        "osImage": "Ubuntu 22.04.4 LTS",
+        "systemUUID": new_uid(),
+    }
