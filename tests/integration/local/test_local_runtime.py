@@ -369,7 +369,7 @@ async def test_serves_scales_fails_over_and_stops_clean(
         await up.wait("serving 3 again", serving(3, a=1, b=1, c=1), 90)
         again = next(u for u in up.api.units() if u["name"] == victim["name"])
         assert again["restarts"] == 1 and again["pid"] != victim["pid"]
-        assert heavy.errors == []
+        assert heavy.errors == [], (heavy.errors, up.tail())
 
         # Zone a goes down: its unit is killed, its share moves to b and c.
         down = json.loads(up.cli("zone", "down", "a", "-o", "json").stdout)
@@ -386,7 +386,7 @@ async def test_serves_scales_fails_over_and_stops_clean(
         }
         assert "zone unhealthy: a (0/1 nodes Ready)" in status["message"]
         # Only calls in flight on the killed unit may fail (the endpoint retries them).
-        assert len(heavy.errors) <= down["inflight"], heavy.errors
+        assert len(heavy.errors) <= down["inflight"], (heavy.errors, down, up.tail())
 
         # Zone a is back: it gets its unit again, surge first (never below 3 in service).
         watch.watch_low()
@@ -394,7 +394,7 @@ async def test_serves_scales_fails_over_and_stops_clean(
         await up.wait("rebalanced", serving(3, a=1, b=1, c=1), 120)
         assert watch.low is not None and watch.low >= 3, watch.low
         await heavy.stop()
-        assert len(heavy.errors) <= down["inflight"], heavy.errors
+        assert len(heavy.errors) <= down["inflight"], (heavy.errors, down, up.tail())
         assert heavy.ok > 100
 
         # Load stops (a trickle goes on): back to minUnits, the others drained.
@@ -406,7 +406,7 @@ async def test_serves_scales_fails_over_and_stops_clean(
         gone = [pid for name, pid in before.items() if name not in kept]
         assert len(gone) == 2 and not any(alive(p) for p in gone)
         await trickle.stop()
-        assert trickle.errors == [] and trickle.ok > 0
+        assert trickle.errors == [] and trickle.ok > 0, (trickle.errors, up.tail())
 
         # The operator's metrics, from the local runtime.
         url = f"http://127.0.0.1:{up.metrics_port}/metrics"
