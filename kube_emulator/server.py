@@ -564,7 +564,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
             return obj
 
         if method == "POST":
-            return self._post(raw, route, rt, checked(data) if name is None else data)
+            return self._post(raw, route, rt, data, checked)
         if name is None:
             if method == "DELETE":
                 return _json(self._delete_collection(rt, route.namespace, raw.query, data))
@@ -625,15 +625,20 @@ class KubeEmulator(kmock.KubernetesEmulator):
         return _json(self._scale_of(obj) if sub == "scale" else obj)
 
     def _post(
-        self, raw: aiohttp.web.BaseRequest, route: Route, rt: ResourceType, data: Any
+        self,
+        raw: aiohttp.web.BaseRequest,
+        route: Route,
+        rt: ResourceType,
+        data: Any,
+        checked: Callable[[Any], Any],
     ) -> aiohttp.web.StreamResponse:
-        """A create (`data` already checked), or an eviction, binding or token."""
+        """A create, or an eviction, binding or token."""
         ns, name, sub = route.namespace, route.name, route.subresource
         if name is None and sub is None:
             if rt.namespaced and ns is None:
                 raise errors.method_not_allowed()
             dry_run = bool(raw.query.getall("dryRun", []))
-            return _json(self.store.create(rt, ns, data, dry_run=dry_run), 201)
+            return _json(self.store.create(rt, ns, checked(data), dry_run=dry_run), 201)
         if name and sub == "eviction":
             return _json(self.controllers.evict(ns or "", name, data or {}), 201)
         if name and sub == "binding":
